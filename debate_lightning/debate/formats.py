@@ -1,0 +1,88 @@
+"""Speech formats: who speaks when, and who sees whose speeches.
+
+A format is a list of *steps*; every step is a set of sides (0 = position A, 1 = position B)
+that speak at the same time, each seeing only the speeches of earlier steps that it may see.
+The engine batches every speech of a step, across every active round, into one model call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Kind = Literal["debate", "consultancy", "double_consultancy", "empty"]
+KINDS: tuple[str, ...] = ("debate", "consultancy", "double_consultancy", "empty")
+
+
+@dataclass(frozen=True)
+class Format:
+    """How a round is played.
+
+    Attributes:
+        kind: ``debate`` (two debaters), ``consultancy`` (one advocate for ``consultant_side``),
+            ``double_consultancy`` (one advocate per side, neither sees the other; the judge sees
+            both), or ``empty`` (no speeches: the judge sees only the question).
+        num_speeches: speeches per side.
+        simultaneous: in a debate, both sides speak each step without seeing the other's speech
+            of that step; otherwise side A speaks, then B, alternately.
+        consultant_side: for consultancy, the position index (0 or 1) the consultant argues for.
+        prompt_set: built-in name or YAML path; defaults to the kind's own set.
+        word_limit: the target length named in the prompt.
+    """
+
+    kind: Kind = "debate"
+    num_speeches: int = 2
+    simultaneous: bool = False
+    consultant_side: int = 0
+    prompt_set: str | None = None
+    word_limit: int = 100
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown format kind {self.kind!r}; choose one of {', '.join(KINDS)}")
+        if self.num_speeches < 0 or (self.num_speeches == 0 and self.kind != "empty"):
+            raise ValueError(f"format {self.kind}: num_speeches must be >= 1, got {self.num_speeches}")
+        if self.consultant_side not in (0, 1):
+            raise ValueError(f"consultant_side must be 0 or 1, got {self.consultant_side}")
+
+    @property
+    def name(self) -> str:
+        if self.kind == "consultancy":
+            return f"consultancy{self.consultant_side}"
+        if self.kind == "debate" and self.simultaneous:
+            return "debate_simultaneous"
+        return self.kind
+
+    @property
+    def family(self) -> str:
+        """Rounds of one family are compared in reports (both consultancy sides are one family)."""
+        return self.kind
+
+    @property
+    def prompts(self) -> str:
+        if self.prompt_set:
+            return self.prompt_set
+        return {"debate": "debate", "consultancy": "consultancy", "double_consultancy": "consultancy"}.get(
+            self.kind, "empty"
+        )
+
+    @property
+    def sides(self) -> tuple[int, ...]:
+        """The sides that speak in this format."""
+        return {"debate": (0, 1), "double_consultancy": (0, 1), "consultancy": (self.consultant_side,)}.get(
+            self.kind, ()
+        )
+
+    def steps(self) -> list[tuple[int, ...]]:
+        """The speaking order: one tuple of simultaneous speakers per step."""
+        if self.kind == "empty":
+            return []
+        if self.kind == "consultancy":
+            return [(self.consultant_side,)] * self.num_speeches
+        if self.kind == "double_consultancy" or self.simultaneous:
+            return [(0, 1)] * self.num_speeches
+        return [(side,) for _ in range(self.num_speeches) for side in (0, 1)]
+
+    def sees(self, viewer: int, speaker: int) -> bool:
+        """Whether side ``viewer`` gets to see speeches by side ``speaker``."""
+        return viewer == speaker or self.kind == "debate"

@@ -1,0 +1,1 @@
+"""Tournaments: schedules, append-only results, metrics and reports (knows no optimiser)."""

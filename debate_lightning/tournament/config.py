@@ -1,0 +1,140 @@
+"""The tournament config: one typed dataclass tree, parsed by jsonargparse from YAML and flags.
+
+An unknown key or a wrong type is rejected by jsonargparse with the key's full path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from debate_lightning.debate.formats import Format
+from debate_lightning.models.base import SamplingParams
+from debate_lightning.models.registry import ModelSpec
+
+
+@dataclass
+class DataConfig:
+    """Which questions to debate.
+
+    Attributes:
+        source: ``synthetic`` (built in), ``quality`` or ``human_debates``.
+        path: the dataset file (quality, human_debates).
+        split: ``train``, ``val`` or ``test``.
+        limit: at most this many questions (before side orders are doubled); null for all.
+        seed: dataset seed (synthetic stories, QuALITY side order).
+        both_orders: debate every question in both side orders.
+        options: source-specific options, e.g. ``num_stories`` or ``difficult_only``.
+    """
+
+    source: str = "synthetic"
+    path: str | None = None
+    split: str = "val"
+    limit: int | None = 4
+    seed: int = 0
+    both_orders: bool = True
+    options: dict = field(default_factory=dict)
+
+
+@dataclass
+class DebaterConfig:
+    """A named debater: a model from ``models`` plus how it samples.
+
+    Attributes:
+        name: the name rounds, ratings and reports use.
+        model: a key of ``models``.
+        best_of_n: >1 samples that many candidates per speech and keeps the judge's favourite.
+    """
+
+    name: str = "smollm2"
+    model: str = "embedded"
+    max_new_tokens: int = 64
+    min_new_tokens: int = 0
+    temperature: float = 0.7
+    top_p: float = 1.0
+    top_k: int = 0
+    best_of_n: int = 1
+
+    def sampling(self, seed: int | None = None) -> SamplingParams:
+        return SamplingParams(
+            max_new_tokens=self.max_new_tokens,
+            min_new_tokens=self.min_new_tokens,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=self.top_k,
+            seed=seed,
+        )
+
+
+@dataclass
+class JudgeConfig:
+    """The judge, configured apart from the debaters.
+
+    Attributes:
+        model: a key of ``models``; any backend works (text verdicts for APIs without log-probs).
+        both_orders: also judge with the answers presented in the other order and average.
+    """
+
+    model: str = "embedded"
+    both_orders: bool = True
+
+
+@dataclass
+class ScheduleConfig:
+    """Who debates whom.
+
+    Attributes:
+        kind: ``self_play`` (each debater against itself), ``round_robin`` (every pair, both
+            sides, the same questions), ``capped_round_robin`` (round robin with at most ``cap``
+            questions per pair), or ``custom`` (the listed ``matchups``).
+        matchups: ``[side_A_debater, side_B_debater]`` pairs for ``custom``.
+        cap: questions per pair for ``capped_round_robin``.
+        repeats: play every round this many times (different samples, different round ids).
+    """
+
+    kind: Literal["self_play", "round_robin", "capped_round_robin", "custom"] = "self_play"
+    matchups: list[list[str]] = field(default_factory=list)
+    cap: int | None = None
+    repeats: int = 1
+
+
+@dataclass
+class TournamentConfig:
+    """A tournament: data, models, debaters, judge, formats and schedule.
+
+    Attributes:
+        output: the results directory (``rounds.jsonl``, ``config.yaml``, report).
+        rounds_in_flight: rounds played together; each step of them is one batched call per
+            debater. Results are appended after every group, so a kill loses at most one group.
+        seed: sampling seed; each group of rounds is seeded from it and its first round id.
+    """
+
+    data: DataConfig = field(default_factory=DataConfig)
+    models: dict[str, ModelSpec] = field(default_factory=lambda: {"embedded": ModelSpec()})
+    debaters: list[DebaterConfig] = field(default_factory=lambda: [DebaterConfig()])
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    formats: list[Format] = field(default_factory=lambda: [Format()])
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    output: str = "outputs/tournament"
+    rounds_in_flight: int = 32
+    seed: int = 0
+
+    def check(self) -> None:
+        """Cross-field checks jsonargparse cannot do, each naming the key at fault."""
+        names = [d.name for d in self.debaters]
+        if len(set(names)) != len(names):
+            raise ValueError(f"debaters: names must be unique, got {names}")
+        for i, d in enumerate(self.debaters):
+            if d.model not in self.models:
+                raise ValueError(f"debaters[{i}].model: {d.model!r} is not a key of models ({sorted(self.models)})")
+            if d.best_of_n < 1:
+                raise ValueError(f"debaters[{i}].best_of_n must be >= 1, got {d.best_of_n}")
+        if self.judge.model not in self.models:
+            raise ValueError(f"judge.model: {self.judge.model!r} is not a key of models ({sorted(self.models)})")
+        for i, m in enumerate(self.schedule.matchups):
+            if len(m) != 2 or any(n not in names for n in m):
+                raise ValueError(f"schedule.matchups[{i}]: expected two debater names from {names}, got {m}")
+        if self.schedule.kind == "custom" and not self.schedule.matchups:
+            raise ValueError("schedule.kind is custom but schedule.matchups is empty")
+        if self.rounds_in_flight < 1:
+            raise ValueError("rounds_in_flight must be >= 1")
