@@ -1,0 +1,98 @@
+import math
+
+import pytest
+import torch
+
+from debate_lightning.debate.agents import Judge
+from debate_lightning.models.base import SamplingParams, normalize
+from debate_lightning.models.hf import HFGenerator, eval_mode
+
+CHATS = [
+    [{"role": "user", "content": "Which is bigger, a cat or a mouse?"}],
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a colour. " * 7}],
+    [{"role": "user", "content": "Hi"}],
+]
+
+
+def test_generate_fixed_length_and_order(tiny_generator):
+    params = SamplingParams(max_new_tokens=6, min_new_tokens=6, temperature=0.0)
+    gens = tiny_generator.generate(CHATS, params)
+    assert len(gens) == len(CHATS)
+    assert all(g.num_tokens == 6 and not g.finished for g in gens)
+    # Left padding and length-sorted chunks must not change any row's greedy output.
+    alone = [tiny_generator.generate([c], params)[0] for c in CHATS]
+    assert [g.token_ids for g in gens] == [a.token_ids for a in alone]
+
+
+def test_sampling_seed_reproducible(tiny_generator):
+    params = SamplingParams(max_new_tokens=8, temperature=1.0, seed=123)
+    a = tiny_generator.generate(CHATS, params)
+    b = tiny_generator.generate(CHATS, params)
+    assert [g.token_ids for g in a] == [g.token_ids for g in b]
+
+
+def test_score_batched_equals_single(tiny_generator):
+    conts = ["A cat.", "Blue", "Hello there, friend"]
+    batched = tiny_generator.score(CHATS, conts)
+    single = [tiny_generator.score([c], [t])[0] for c, t in zip(CHATS, conts)]
+    assert batched == pytest.approx(single, abs=1e-4)
+    assert all(s < 0 for s in batched)
+
+
+def test_choice_logprobs_match_hand_log_softmax(tiny_generator):
+    gen = tiny_generator
+    got = gen.choice_logprobs(CHATS, ["A", "B"])
+    a_id, b_id = gen.continuation_ids("A")[0], gen.continuation_ids("B")[0]
+    for chat, (lp_a, lp_b) in zip(CHATS, got):
+        ids = torch.tensor([gen.prompt_ids(chat)])
+        with torch.no_grad():
+            logits = gen.model(input_ids=ids).logits[0, -1].double()
+        # log-softmax by hand: x - log(sum(exp(x)))
+        lse = math.log(sum(math.exp(v) for v in logits.tolist()))
+        assert lp_a == pytest.approx(logits[a_id].item() - lse, abs=1e-4)
+        assert lp_b == pytest.approx(logits[b_id].item() - lse, abs=1e-4)
+        p = normalize([lp_a, lp_b])
+        assert sum(p) == pytest.approx(1.0)
+        assert p[0] == pytest.approx(math.exp(lp_a) / (math.exp(lp_a) + math.exp(lp_b)))
+    # The one-forward fast path agrees with generic teacher-forced scoring.
+    generic = gen.score([c for c in CHATS for _ in "AB"], ["A", "B"] * len(CHATS))
+    assert [x for pair in got for x in pair] == pytest.approx(generic, abs=1e-4)
+
+
+def test_eval_mode_restores_training(tiny_generator):
+    model = tiny_generator.model
+    model.train()
+    with eval_mode(model):
+        assert not model.training
+        assert not torch.is_grad_enabled()
+    assert model.training
+    model.eval()
+
+
+def test_logprobs_and_top_logprobs(tiny_generator):
+    params = SamplingParams(max_new_tokens=4, min_new_tokens=4, temperature=0.0, logprobs=True, top_logprobs=3)
+    g = tiny_generator.generate(CHATS[:1], params)[0]
+    assert g.logprob is not None and g.logprob <= 0
+    assert len(g.top_logprobs) == 4 and all(len(d) <= 3 for d in g.top_logprobs)
+    # Greedy: the chosen token is the most likely one, so its log-prob is the top entry of each step.
+    assert g.logprob == pytest.approx(sum(max(d.values()) for d in g.top_logprobs), abs=1e-4)
+
+
+def test_missing_model_dir_is_clear(tmp_path):
+    with pytest.raises((FileNotFoundError, OSError)) as e:
+        HFGenerator(path=str(tmp_path / "nope"), dtype="float32")
+    assert "nope" in str(e.value)
+
+
+def test_judge_probability_sums_to_one(tiny_generator, questions):
+    from debate_lightning.debate.formats import Format
+    from debate_lightning.debate.transcript import Transcript
+
+    judge = Judge(tiny_generator, both_orders=False)
+    trs = [Transcript(q, Format(kind="empty")) for q in questions]
+    p = judge.p_a(trs)
+    chats = [t.judge_chat(__import__("debate_lightning.debate.agents", fromlist=["x"]).prompts_for(t.format)) for t in trs]
+    lps = tiny_generator.choice_logprobs(chats, ["A", "B"])
+    for pa, (a, b) in zip(p, lps):
+        assert 0 < pa < 1
+        assert pa == pytest.approx(1 / (1 + math.exp(b - a)))
