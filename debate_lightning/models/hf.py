@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -102,7 +103,10 @@ class HFGenerator(Generator):
         name: str | None = None,
         model: torch.nn.Module | None = None,
         tokenizer: Any = None,
+        prefix_cache: bool = True,
+        prefix_cache_size: int = 64,
     ):
+        live = model is not None
         if model is None:
             model, tokenizer = load_model_and_tokenizer(path, dtype, device, adapter, gguf_file, trust_remote_code)
         elif tokenizer is None:
@@ -113,7 +117,11 @@ class HFGenerator(Generator):
         self.max_batch_size = max_batch_size
         self.name = name or (Path(path).name if path != EMBEDDED else "smollm2-135m")
         self.eos_ids = self._eos_ids()
-        self.stats = {"generate_calls": 0, "generated_sequences": 0, "forward_batches": 0}
+        self.stats = {"generate_calls": 0, "generated_sequences": 0, "forward_batches": 0, "prefix_hits": 0, "prefix_misses": 0}
+        self.prefixes = PrefixCache(prefix_cache_size) if prefix_cache else None
+        # A wrapped live model may change its weights between calls (training): keep its prefix
+        # KV only within one call. A model we loaded ourselves is frozen, so its cache persists.
+        self.live_model = live
 
     # -- tokenisation -------------------------------------------------------------------------
     def _eos_ids(self) -> list[int]:
@@ -155,24 +163,53 @@ class HFGenerator(Generator):
     # -- generation ---------------------------------------------------------------------------
     def generate(self, chats: Sequence[Chat], params: SamplingParams) -> list[Generation]:
         prompts = [self.prompt_ids(c) for c in chats]
-        return self.generate_ids(prompts, params)
+        prefix_lens = [self.system_prefix_len(c, p) for c, p in zip(chats, prompts)] if self.prefixes is not None else None
+        return self.generate_ids(prompts, params, prefix_lens)
 
-    def generate_ids(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[Generation]:
-        """Generate from already-tokenised prompts (the benchmark and trainers use this)."""
+    def system_prefix_len(self, chat: Chat, prompt: Sequence[int]) -> int:
+        """Length of the leading system message's tokens in ``prompt`` (0 if it is not a clean prefix).
+
+        Debate prompts keep the story in the system message, shared by both sides and every turn,
+        so its KV cache is computed once per story instead of once per speech.
+        """
+        if not chat or chat[0].get("role") != "system" or len(chat) < 2:
+            return 0
+        ids = self.tokenizer.apply_chat_template(chat[:1], add_generation_prompt=False, tokenize=True)
+        if isinstance(ids, dict) or hasattr(ids, "input_ids"):
+            ids = ids["input_ids"]
+        n = len(ids)
+        return n if n < len(prompt) and list(prompt[:n]) == list(ids) else 0
+
+    def generate_ids(
+        self, prompts: Sequence[Sequence[int]], params: SamplingParams, prefix_lens: Sequence[int] | None = None
+    ) -> list[Generation]:
+        """Generate from already-tokenised prompts (the benchmark and trainers use this).
+
+        ``prefix_lens[i]`` tokens at the start of prompt i may be served from the prefix cache.
+        """
         results: list[Generation | None] = [None] * len(prompts)
         if params.seed is not None:
             torch.manual_seed(params.seed)
         self.stats["generate_calls"] += 1
+        if self.prefixes is not None and self.live_model:
+            self.prefixes.clear()
         with eval_mode(self.model):
             for chunk in self._chunks([len(p) for p in prompts]):
-                for i, gen in zip(chunk, self._generate_batch([prompts[i] for i in chunk], params)):
+                lens = [prefix_lens[i] for i in chunk] if prefix_lens and self.prefixes is not None else None
+                for i, gen in zip(chunk, self._generate_batch([prompts[i] for i in chunk], params, lens)):
                     results[i] = gen
         self.stats["generated_sequences"] += len(prompts)
         return results  # type: ignore[return-value]
 
-    def _generate_batch(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[Generation]:
-        ids, mask = self._left_pad(prompts)
-        kwargs: dict[str, Any] = dict(
+    def _generate_batch(
+        self, prompts: Sequence[Sequence[int]], params: SamplingParams, prefix_lens: Sequence[int] | None = None
+    ) -> list[Generation]:
+        kwargs: dict[str, Any] = {}
+        if prefix_lens and min(prefix_lens) > 0:
+            ids, mask, kwargs["past_key_values"] = self._prefixed_batch(prompts, prefix_lens)
+        else:
+            ids, mask = self._left_pad(prompts)
+        kwargs.update(
             max_new_tokens=params.max_new_tokens,
             min_new_tokens=params.min_new_tokens or None,
             pad_token_id=self.tokenizer.pad_token_id,
@@ -223,6 +260,55 @@ class HFGenerator(Generator):
                     ]
             gens.append(gen)
         return gens
+
+    def _prefixed_batch(self, prompts: Sequence[Sequence[int]], prefix_lens: Sequence[int]):
+        """Ids, mask and a KV cache for prompts whose first ``prefix_lens[i]`` tokens are cached.
+
+        Row layout: ``[pad | prefix | pad | suffix]``. The cache covers the first block (prefixes
+        left-padded to the longest); generate() then runs only the suffix block. Padding inside the
+        row is masked, and position ids come from the mask's cumulative sum, so every real token
+        keeps the position it has in the unpadded prompt: the result equals uncached generation.
+        """
+        from transformers import DynamicCache
+
+        prefixes = [tuple(p[:n]) for p, n in zip(prompts, prefix_lens)]
+        suffixes = [list(p[n:]) for p, n in zip(prompts, prefix_lens)]
+        kvs = [self._prefix_kv(pre) for pre in prefixes]
+        width_p = max(len(p) for p in prefixes)
+        width_s = max(len(s) for s in suffixes)
+        batch = len(prompts)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.full((batch, width_p + width_s), pad, dtype=torch.long)
+        mask = torch.zeros((batch, width_p + width_s), dtype=torch.long)
+        for i, (pre, suf) in enumerate(zip(prefixes, suffixes)):
+            ids[i, width_p - len(pre) : width_p] = torch.tensor(pre)
+            mask[i, width_p - len(pre) : width_p] = 1
+            ids[i, width_p + width_s - len(suf) :] = torch.tensor(suf)
+            mask[i, width_p + width_s - len(suf) :] = 1
+        cache = DynamicCache()
+        for layer in range(len(kvs[0])):
+            keys, values = [], []
+            for kv, pre in zip(kvs, prefixes):
+                k, v = kv[layer]
+                gap = width_p - len(pre)
+                keys.append(torch.nn.functional.pad(k, (0, 0, gap, 0)))
+                values.append(torch.nn.functional.pad(v, (0, 0, gap, 0)))
+            cache.update(torch.cat(keys), torch.cat(values), layer)
+        return ids.to(self.device), mask.to(self.device), cache
+
+    def _prefix_kv(self, prefix: tuple[int, ...]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per-layer (key, value) of one prefix at batch 1, computed once and kept in an LRU."""
+        assert self.prefixes is not None
+        kv = self.prefixes.get(prefix)
+        if kv is not None:
+            self.stats["prefix_hits"] += 1
+            return kv
+        self.stats["prefix_misses"] += 1
+        ids = torch.tensor([prefix], device=self.device)
+        out = self.model(input_ids=ids, use_cache=True, logits_to_keep=1)
+        kv = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+        self.prefixes.put(prefix, kv)
+        return kv
 
     # -- scoring ------------------------------------------------------------------------------
     def score(self, chats: Sequence[Chat], continuations: Sequence[str]) -> list[float]:
@@ -280,3 +366,33 @@ class HFGenerator(Generator):
 def _apply_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
     cut = min((text.find(s) for s in stops if s and s in text), default=-1)
     return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+class PrefixCache:
+    """A small LRU of prefix KV caches, keyed by the prefix's token ids.
+
+    Keys are whole token tuples (not hashes): a collision would silently corrupt generations.
+    Clear it whenever the model's weights change (a training policy does, every step).
+    """
+
+    def __init__(self, size: int):
+        self.size = size
+        self._items: OrderedDict[tuple[int, ...], list] = OrderedDict()
+
+    def get(self, key: tuple[int, ...]):
+        item = self._items.get(key)
+        if item is not None:
+            self._items.move_to_end(key)
+        return item
+
+    def put(self, key: tuple[int, ...], value: list) -> None:
+        self._items[key] = value
+        self._items.move_to_end(key)
+        while len(self._items) > self.size:
+            self._items.popitem(last=False)
+
+    def clear(self) -> None:
+        self._items.clear()
+
+    def __len__(self) -> int:
+        return len(self._items)

@@ -6,7 +6,7 @@ import dataclasses
 import json
 import sys
 
-from jsonargparse import ActionConfigFile, ArgumentParser
+from jsonargparse import ActionConfigFile, ArgumentError, ArgumentParser
 
 from debate_lightning.tournament.config import TournamentConfig
 
@@ -22,6 +22,7 @@ def tournament_parser() -> ArgumentParser:
     parser.add_argument("--resume", type=bool, default=False, help="continue a killed run in the same --output")
     parser.add_argument("--shard", type=str | None, default=None, help="i/n: play only shard i of n (0-based)")
     parser.add_argument("--progress", type=bool, default=True, help="show a progress bar on stderr")
+    parser.add_argument("--report", type=bool, default=True, help="write report.md, plots and metrics.json at the end")
     return parser
 
 
@@ -32,7 +33,7 @@ def parse_tournament_args(argv: list[str]) -> tuple[TournamentConfig, dict]:
     init = parser.instantiate_classes(ns)
     fields = {f.name for f in dataclasses.fields(TournamentConfig)}
     cfg = TournamentConfig(**{k: init[k] for k in fields})
-    return cfg, {"resume": ns.resume, "shard": ns.shard, "progress": ns.progress}
+    return cfg, {"resume": ns.resume, "shard": ns.shard, "progress": ns.progress, "report": ns.report}
 
 
 def tournament_main(argv: list[str] | None = None) -> int:
@@ -44,7 +45,7 @@ def tournament_main(argv: list[str] | None = None) -> int:
         cfg.check()
         shard = parse_shard(opts["shard"])
         results = run_tournament(cfg, resume=opts["resume"], shard=shard, progress=opts["progress"])
-    except (ValueError, FileNotFoundError, ResultsExist, KeyError) as e:
+    except (ArgumentError, ValueError, FileNotFoundError, ResultsExist, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     summary = summarize(results)
@@ -54,4 +55,82 @@ def tournament_main(argv: list[str] | None = None) -> int:
         f"judge accuracy: {summary['judge_accuracy']:.3f} over {summary['ok']} rounds "
         f"({summary['failed']} failed); results in {out}/rounds.jsonl"
     )
+    if opts["report"] and summary["ok"]:
+        from debate_lightning.tournament.report import write_report
+
+        write_report(out)
+        print(f"report: {out}/report.md")
+    return 0
+
+
+def report_main(argv: list[str] | None = None) -> int:
+    """``report DIR``: metrics.json, PNG plots and report.md from a results directory."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m debate_lightning report", description=report_main.__doc__)
+    ap.add_argument("directory", help="a tournament --output directory (holds rounds.jsonl)")
+    ap.add_argument("--bootstrap", type=int, default=1000, help="bootstrap replicates for the 95%% intervals")
+    ap.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    ap.add_argument("--no-plots", action="store_true", help="skip the PNGs (metrics.json and report.md only)")
+    args = ap.parse_args(argv)
+    from debate_lightning.data.question import DataError
+    from debate_lightning.tournament.report import write_report
+
+    try:
+        m = write_report(args.directory, n_boot=args.bootstrap, seed=args.seed, plots=not args.no_plots)
+    except (FileNotFoundError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    acc = m["accuracy"]["overall"]["binary"]
+    print(f"{m['rounds']['judged']} rounds, judge accuracy {acc['mean']:.3f} [{acc['ci'][0]:.3f}, {acc['ci'][1]:.3f}]")
+    print(f"wrote {args.directory}/report.md, metrics.json and plots")
+    return 0
+
+
+def merge_main(argv: list[str] | None = None) -> int:
+    """``merge DIR... --output OUT``: combine the shards of one tournament."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m debate_lightning merge", description=merge_main.__doc__)
+    ap.add_argument("inputs", nargs="+", help="results directories (one per shard)")
+    ap.add_argument("--output", required=True, help="a new directory for the merged results")
+    ap.add_argument("--force", action="store_true", help="merge even if the shards' configs differ")
+    ap.add_argument("--report", action="store_true", help="also write the report of the merged results")
+    args = ap.parse_args(argv)
+    from debate_lightning.data.question import DataError
+    from debate_lightning.tournament.merge import MergeConflict, merge_results
+
+    try:
+        summary = merge_results(args.inputs, args.output, force_config=args.force)
+    except (MergeConflict, FileNotFoundError, DataError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary, indent=2))
+    if args.report:
+        return report_main([args.output])
+    return 0
+
+
+def rejudge_main(argv: list[str] | None = None) -> int:
+    """``rejudge SOURCE_DIR --output NEW_DIR --config judge.yaml``: re-score saved rounds with
+    another judge (the config's ``models`` and ``judge``; other keys are ignored)."""
+    from debate_lightning.data.question import DataError
+    from debate_lightning.tournament.rejudge import rejudge
+    from debate_lightning.tournament.runner import ResultsExist
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0].startswith("-"):
+        print("usage: python -m debate_lightning rejudge SOURCE_DIR --output NEW_DIR [--config FILE] "
+              "[--judge.model KEY] [--models ...]", file=sys.stderr)
+        return 2
+    source, rest = argv[0], argv[1:]
+    try:
+        cfg, opts = parse_tournament_args(rest)
+        summary = rejudge(source, cfg.output, cfg.models, cfg.judge, cfg.rounds_in_flight, opts["resume"], opts["progress"])
+    except (ValueError, FileNotFoundError, ResultsExist, KeyError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary, indent=2))
+    if opts["report"]:
+        return report_main([cfg.output])
     return 0

@@ -96,3 +96,59 @@ def test_judge_probability_sums_to_one(tiny_generator, questions):
     for pa, (a, b) in zip(p, lps):
         assert 0 < pa < 1
         assert pa == pytest.approx(1 / (1 + math.exp(b - a)))
+
+
+def test_prefix_cache_equals_uncached_generation(tiny_model_dir, questions):
+    from debate_lightning.debate.agents import prompts_for
+    from debate_lightning.debate.formats import Format
+    from debate_lightning.debate.transcript import Speech, Transcript
+
+    cached = HFGenerator(path=str(tiny_model_dir), dtype="float32", max_batch_size=4)
+    plain = HFGenerator(path=str(tiny_model_dir), dtype="float32", max_batch_size=4, prefix_cache=False)
+    chats = []
+    for q in questions:
+        tr = Transcript(q, Format(kind="debate"))
+        p = prompts_for(tr.format)
+        chats.append(tr.debater_chat(0, p))
+        tr.speeches.append(Speech(0, 0, "A short opening speech with a <quote>quote</quote>."))
+        chats.append(tr.debater_chat(1, p))
+    params = SamplingParams(max_new_tokens=8, min_new_tokens=8, temperature=0.0, logprobs=True)
+    a = cached.generate(chats, params)
+    b = plain.generate(chats, params)
+    assert [g.token_ids for g in a] == [g.token_ids for g in b]
+    assert [g.logprob for g in a] == pytest.approx([g.logprob for g in b], abs=1e-3)
+    # Both sides of a round share the story's system prompt: one prefix computed per story.
+    assert cached.stats["prefix_misses"] == len({q.story for q in questions})
+    assert cached.stats["prefix_hits"] == len(chats) - cached.stats["prefix_misses"]
+    again = cached.generate(chats, params)
+    assert [g.token_ids for g in again] == [g.token_ids for g in a]
+    assert cached.stats["prefix_misses"] == len({q.story for q in questions})
+
+
+def test_live_model_prefix_cache_does_not_outlive_a_call(tiny_generator):
+    live = HFGenerator(model=tiny_generator.model, tokenizer=tiny_generator.tokenizer)
+    chat = [{"role": "system", "content": "shared"}, {"role": "user", "content": "hi"}]
+    live.generate([chat, chat], SamplingParams(max_new_tokens=2))
+    live.generate([chat], SamplingParams(max_new_tokens=2))
+    assert live.stats["prefix_misses"] == 2 and live.stats["prefix_hits"] == 1
+
+
+def test_peft_adapter_is_loaded(tiny_model_dir, tmp_path):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    peft_model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.fill_(0.5)  # a non-zero B makes the adapter change the output
+    peft_model.save_pretrained(tmp_path / "adapter")
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+    plain = HFGenerator(path=str(tiny_model_dir), dtype="float32")
+    adapted = HFGenerator(path=str(tiny_model_dir), dtype="float32", adapter=str(tmp_path / "adapter"))
+    a = plain.score(CHATS[:1], ["A cat."])[0]
+    b = adapted.score(CHATS[:1], ["A cat."])[0]
+    assert a != pytest.approx(b, abs=1e-3)
+    with pytest.raises(FileNotFoundError, match="adapter"):
+        HFGenerator(path=str(tiny_model_dir), dtype="float32", adapter=str(tmp_path / "missing"))
