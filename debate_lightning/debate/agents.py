@@ -126,6 +126,7 @@ class Judge:
 
     def __post_init__(self) -> None:
         self.name = self.name or self.generator.name
+        self.last_errors: list[str | None] = []
 
     def p_a(self, transcripts: Sequence[Transcript]) -> list[float]:
         """P(position 0 is correct) per transcript; NaN where no verdict could be had."""
@@ -135,8 +136,10 @@ class Judge:
         """P(position 0) per transcript, once per presentation order (1 or 2 values)."""
         swaps = (False, True) if self.both_orders else (False,)
         chats = [t.judge_chat(prompts_for(t.format), swap=s) for t in transcripts for s in swaps]
-        probs = self._first_choice_probs(chats)
+        probs, errors = self._first_choice_probs(chats)
         k = len(swaps)
+        # Why a verdict is missing (e.g. the API error), per transcript, for the round's record.
+        self.last_errors = ["; ".join(e for e in errors[i * k : (i + 1) * k] if e) or None for i in range(len(transcripts))]
         out = []
         for i in range(len(transcripts)):
             ps = probs[i * k : (i + 1) * k]
@@ -144,10 +147,18 @@ class Judge:
             out.append([p if not s else 1.0 - p for p, s in zip(ps, swaps)])
         return out
 
-    def _first_choice_probs(self, chats) -> list[float]:
+    def _first_choice_probs(self, chats) -> tuple[list[float], list[str | None]]:
+        """P(first choice) per chat, and the error behind each missing one."""
         try:
             logprobs = self.generator.choice_logprobs(chats, list(self.choices))
-            return [normalize(lp)[0] for lp in logprobs]
+            errors = list(getattr(self.generator, "last_errors", None) or [])
+            if len(errors) != len(chats):
+                errors = [None] * len(chats)
+            return [normalize(lp)[0] for lp in logprobs], errors
         except ScoringUnsupported:
             gens = self.generator.generate(chats, self.verdict_params)
-            return [float("nan") if (p := parse_verdict(g.text)) is None else p for g in gens]
+            probs = [float("nan") if (p := parse_verdict(g.text)) is None else p for g in gens]
+            errors = [
+                g.error or (f"no verdict in judge text {g.text[:80]!r}" if p != p else None) for g, p in zip(gens, probs)
+            ]
+            return probs, errors

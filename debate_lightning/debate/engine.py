@@ -77,11 +77,13 @@ class RoundResult:
         )
 
 
-def _result(spec: RoundSpec, transcript: Transcript, judge: Judge, probs: list[float], timings) -> RoundResult:
+def _result(
+    spec: RoundSpec, transcript: Transcript, judge: Judge, probs: list[float], timings, judge_error: str | None = None
+) -> RoundResult:
     errors = [s.error for s in transcript.speeches if s.error]
     p_a = sum(probs) / len(probs) if probs else None
     if p_a is not None and p_a != p_a:  # NaN: no verdict could be read
-        errors.append("judge gave no verdict")
+        errors.append(f"judge gave no verdict: {judge_error}" if judge_error else "judge gave no verdict")
         p_a = None
     winner = None if p_a is None else (0 if p_a >= 0.5 else 1)
     q = transcript.question
@@ -156,10 +158,11 @@ def judge_transcripts(
     judgeable = [i for i, tr in enumerate(transcripts) if not any(s.error for s in tr.speeches)]
     probs = judge.p_a_orders([transcripts[i] for i in judgeable])
     per_round: dict[int, list[float]] = dict(zip(judgeable, probs))
+    judge_errors: dict[int, str | None] = dict(zip(judgeable, judge.last_errors))
     judge_seconds = (time.perf_counter() - start) / max(len(transcripts), 1)
     out = []
     for i, (spec, tr) in enumerate(zip(specs, transcripts)):
         t = dict(timings or {})
         t["judge"] = judge_seconds
-        out.append(_result(spec, tr, judge, per_round.get(i, []), t))
+        out.append(_result(spec, tr, judge, per_round.get(i, []), t, judge_errors.get(i)))
     return out

@@ -136,3 +136,16 @@ def test_text_verdict_fallback_for_generators_without_logprobs(questions):
     # "A" with 80% in both presentations: 0.8 for position 0, then 1 - 0.8 after the swap.
     assert results[0].p_a_orders == pytest.approx([0.8, 0.2])
     assert not math.isnan(results[0].p_a)
+
+
+def test_judge_failure_reason_is_recorded(questions):
+    class Broken(Generator):
+        name = "broken"
+
+        def generate(self, chats, params):
+            return [Generation("", error="HTTP 503 after 4 attempts") for _ in chats]
+
+    results = run_rounds(specs(questions[:1], Format(num_speeches=1)), {"x": Debater("x", Echo())}, Judge(Broken()))
+    r = results[0]
+    assert r.status == "failed" and r.p_a is None and r.winner is None
+    assert "judge gave no verdict" in r.error and "HTTP 503" in r.error
