@@ -17,14 +17,21 @@ by a hash of the story, like every other source), and :func:`read_human_debates`
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from debate_lightning.data.question import SPLITS, DataError, Question, hash_split, stable_id, with_both_orders
+from debate_lightning.data.question import (
+    SPLITS,
+    DataError,
+    Question,
+    hash_split,
+    iter_jsonl,
+    stable_id,
+    with_both_orders,
+)
 
 SOURCE = "human_debates"
 SPLIT_WEIGHTS = {"train": 0.8, "val": 0.1, "test": 0.1}
@@ -164,17 +171,7 @@ def parse_debate(record: Any, path: Path, line: int) -> HumanDebate:
 def read_human_debates(path: str | Path) -> list[HumanDebate]:
     """Every session in the file, in file order; blank lines are skipped."""
     path = Path(path)
-    debates = []
-    with path.open(encoding="utf-8") as f:
-        for line, text in enumerate(f, start=1):
-            if not text.strip():
-                continue
-            try:
-                record = json.loads(text)
-            except json.JSONDecodeError as e:
-                raise DataError(path, line, None, f"invalid JSON ({e.msg} at column {e.colno})") from None
-            debates.append(parse_debate(record, path, line))
-    return debates
+    return [parse_debate(record, path, line) for line, record in iter_jsonl(path)]
 
 
 def story_titles(path: str | Path) -> list[str]:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from debate_lightning.data.question import DataError
+from debate_lightning.data.question import DataError, iter_jsonl
 
 FIELDS = ("prompt", "chosen", "rejected", "chosen_p", "rejected_p", "preference", "meta")
 
@@ -78,22 +78,13 @@ def read_preferences(path: str | Path) -> list[PreferencePair]:
     """Every pair in a JSONL file; a bad line is a DataError naming file, line and field."""
     path = Path(path)
     pairs = []
-    with path.open(encoding="utf-8") as f:
-        for line, text in enumerate(f, start=1):
-            if not text.strip():
-                continue
-            try:
-                d = json.loads(text)
-            except json.JSONDecodeError as e:
-                raise DataError(path, line, None, f"invalid JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(d, dict):
-                raise DataError(path, line, None, f"expected a JSON object, got {type(d).__name__}")
-            if "preference" not in d:
-                raise DataError(path, line, "preference", "missing")
-            problem = _problem(d)
-            if problem is not None:
-                raise DataError(path, line, *problem)
-            pairs.append(PreferencePair.from_dict(d))
+    for line, d in iter_jsonl(path):
+        if "preference" not in d:
+            raise DataError(path, line, "preference", "missing")
+        problem = _problem(d)
+        if problem is not None:
+            raise DataError(path, line, *problem)
+        pairs.append(PreferencePair.from_dict(d))
     return pairs
 
 

@@ -26,7 +26,6 @@ human-debate transcripts used for training never leak into evaluation.
 from __future__ import annotations
 
 import html
-import json
 import re
 import unicodedata
 import warnings
@@ -36,7 +35,15 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
-from debate_lightning.data.question import SPLITS, DataError, Question, hash_split, stable_id, with_both_orders
+from debate_lightning.data.question import (
+    SPLITS,
+    DataError,
+    Question,
+    hash_split,
+    iter_jsonl,
+    stable_id,
+    with_both_orders,
+)
 
 SOURCE = "quality"
 NUM_OPTIONS = 4
@@ -168,16 +175,6 @@ def _label(obj: Mapping[str, Any], key: str, where: tuple[Path, int, str]) -> in
     return value
 
 
-def _parse_line(path: Path, line: int, text: str) -> dict[str, Any]:
-    try:
-        record = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise DataError(path, line, None, f"invalid JSON ({e.msg} at column {e.colno})") from None
-    if not isinstance(record, dict):
-        raise DataError(path, line, None, f"expected a JSON object, got {type(record).__name__}")
-    return record
-
-
 def read_quality(
     path: str | Path,
     split: str | None = None,
@@ -203,34 +200,30 @@ def read_quality(
     excluded = read_titles(exclude_titles)
     questions: list[Question] = []
     labeled = unlabeled = 0
-    with path.open(encoding="utf-8") as f:
-        for line, text in enumerate(f, start=1):
-            if not text.strip():
+    for line, record in iter_jsonl(path):
+        where = (path, line, "")
+        article_id = str(_get(record, "article_id", (str, int), where))
+        title = _get(record, "title", str, where)
+        article = _get(record, "article", str, where)
+        items = _get(record, "questions", list, where)
+        story_split = file_split if file_split != "dev" else hash_split(article_id, DEV_SPLIT_WEIGHTS)
+        keep_story = (split is None or split == story_split) and not (
+            story_split != "train" and normalise_title(title) in excluded
+        )
+        story: str | None = None
+        for i, item in enumerate(items):
+            qwhere = (path, line, f"questions[{i}]")
+            if not isinstance(item, dict):
+                raise DataError(path, line, qwhere[2], f"expected an object, got {type(item).__name__}")
+            parsed = _parse_question(item, qwhere)
+            if parsed is None:
+                unlabeled += 1
                 continue
-            record = _parse_line(path, line, text)
-            where = (path, line, "")
-            article_id = str(_get(record, "article_id", (str, int), where))
-            title = _get(record, "title", str, where)
-            article = _get(record, "article", str, where)
-            items = _get(record, "questions", list, where)
-            story_split = file_split if file_split != "dev" else hash_split(article_id, DEV_SPLIT_WEIGHTS)
-            keep_story = (split is None or split == story_split) and not (
-                story_split != "train" and normalise_title(title) in excluded
-            )
-            story: str | None = None
-            for i, item in enumerate(items):
-                qwhere = (path, line, f"questions[{i}]")
-                if not isinstance(item, dict):
-                    raise DataError(path, line, qwhere[2], f"expected an object, got {type(item).__name__}")
-                parsed = _parse_question(item, qwhere)
-                if parsed is None:
-                    unlabeled += 1
-                    continue
-                labeled += 1
-                if not keep_story or (difficult_only and not parsed["difficult"]):
-                    continue
-                story = story if story is not None else article_text(article)
-                questions.append(_to_question(record, parsed, story, story_split, seed, line))
+            labeled += 1
+            if not keep_story or (difficult_only and not parsed["difficult"]):
+                continue
+            story = story if story is not None else article_text(article)
+            questions.append(_to_question(record, parsed, story, story_split, seed, line))
     if unlabeled and not labeled:
         raise DataError(path, None, "gold_label", (
             f"none of its {unlabeled} questions has a gold label (the official QuALITY test split "

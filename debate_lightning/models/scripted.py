@@ -16,7 +16,7 @@ import random
 from collections.abc import Sequence
 from pathlib import Path
 
-from debate_lightning.data.question import DataError
+from debate_lightning.data.question import DataError, iter_jsonl
 from debate_lightning.models.base import Chat, Generation, Generator, SamplingParams
 from debate_lightning.models.registry import ModelSpec, register
 
@@ -96,18 +96,11 @@ class ReplayGenerator(Generator):
         self.recorded: dict[str, list[dict]] = {}
         if not self.path.is_file():
             raise FileNotFoundError(f"replay recording {self.path} does not exist")
-        with self.path.open(encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(self.path, n, None, f"invalid JSON: {e.msg}") from None
-                for key in ("chat", "text"):
-                    if key not in rec:
-                        raise DataError(self.path, n, key, "missing")
-                self.recorded.setdefault(chat_key(rec["chat"]), []).append(rec)
+        for n, rec in iter_jsonl(self.path):
+            for key in ("chat", "text"):
+                if key not in rec:
+                    raise DataError(self.path, n, key, "missing")
+            self.recorded.setdefault(chat_key(rec["chat"]), []).append(rec)
         self._served: dict[str, int] = {}
 
     def generate(self, chats: Sequence[Chat], params: SamplingParams) -> list[Generation]:
