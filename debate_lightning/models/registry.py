@@ -69,11 +69,7 @@ def build_generator(spec: ModelSpec, name: str = "model") -> Generator:
 
 
 def _load_builtin() -> None:
-    # Importing a backend module registers its factories.
+    # Importing a backend module registers its factories (each imports its SDK lazily).
+    import debate_lightning.models.api  # noqa: F401
     import debate_lightning.models.hf_factory  # noqa: F401
     import debate_lightning.models.scripted  # noqa: F401
-
-    try:
-        import debate_lightning.models.api  # noqa: F401
-    except ImportError:  # the API backends are added by their own module; absent until installed
-        pass

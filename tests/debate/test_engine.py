@@ -5,7 +5,7 @@ import pytest
 from debate_lightning.debate.agents import BestOfNDebater, Debater, Judge
 from debate_lightning.debate.engine import RoundResult, RoundSpec, run_rounds
 from debate_lightning.debate.formats import Format
-from debate_lightning.models.base import Generation, Generator, SamplingParams
+from debate_lightning.models.base import Generation, Generator
 from debate_lightning.models.scripted import DeterministicGenerator
 
 
