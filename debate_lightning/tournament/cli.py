@@ -83,7 +83,7 @@ def report_main(argv: list[str] | None = None) -> int:
         return 2
     acc = m["accuracy"]["overall"]["binary"]
     print(f"{m['rounds']['judged']} rounds, judge accuracy {acc['mean']:.3f} [{acc['ci'][0]:.3f}, {acc['ci'][1]:.3f}]")
-    print(f"wrote {args.directory}/report.md, metrics.json and plots")
+    print(f"wrote {args.directory}/report.md and metrics.json" + ("" if args.no_plots else " and PNG plots"))
     return 0
 
 
@@ -120,9 +120,11 @@ def rejudge_main(argv: list[str] | None = None) -> int:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0].startswith("-"):
+        helping = bool(argv) and argv[0] in ("-h", "--help")
         print("usage: python -m debate_lightning rejudge SOURCE_DIR --output NEW_DIR [--config FILE] "
-              "[--judge.model KEY] [--models ...]", file=sys.stderr)
-        return 2
+              "[--judge.model KEY] [--models ...] [--resume true]\n" + (rejudge_main.__doc__ or ""),
+              file=sys.stdout if helping else sys.stderr)
+        return 0 if helping else 2
     source, rest = argv[0], argv[1:]
     try:
         cfg, opts = parse_tournament_args(rest)

@@ -99,6 +99,35 @@ class ScheduleConfig:
 
 
 @dataclass
+class PreferenceConfig:
+    """Preference pairs for DPO, written beside the results (see ``tournament/preferences.py``).
+
+    Attributes:
+        mode: ``none``; ``best_of_n`` (pairs from the scored candidates of debaters with
+            ``best_of_n > 1``); ``branched_half`` (one side writes ``branches`` alternatives at
+            each of its speeches and the round continues from each); ``branched_full`` (both
+            sides branch at every speech: ``branches ** speeches`` leaves per round).
+        reward: how two values become ``preference``: ``log_prob``, ``prob``, ``logit``,
+            ``sigmoid`` or ``binary`` (formulas in ``preferences.preference``).
+        temperature: the ``sigmoid`` reward's temperature.
+        pairing: ``best_rest``, ``best_worst`` or ``all`` pairs among a speech's alternatives.
+        min_margin: drop pairs whose values differ by at most this.
+        branches: alternatives per branching speech.
+        branch_side: in HALF branching, the side that branches; null alternates by round id.
+        output: the pairs file; null for ``OUTPUT/preferences.jsonl``.
+    """
+
+    mode: Literal["none", "best_of_n", "branched_half", "branched_full"] = "none"
+    reward: Literal["log_prob", "prob", "logit", "sigmoid", "binary"] = "prob"
+    temperature: float = 0.1
+    pairing: Literal["best_rest", "best_worst", "all"] = "best_rest"
+    min_margin: float = 0.0
+    branches: int = 2
+    branch_side: int | None = None
+    output: str | None = None
+
+
+@dataclass
 class TournamentConfig:
     """A tournament: data, models, debaters, judge, formats and schedule.
 
@@ -115,6 +144,7 @@ class TournamentConfig:
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     formats: list[Format] = field(default_factory=lambda: [Format()])
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    preferences: PreferenceConfig = field(default_factory=PreferenceConfig)
     output: str = "outputs/tournament"
     rounds_in_flight: int = 32
     seed: int = 0
@@ -138,3 +168,12 @@ class TournamentConfig:
             raise ValueError("schedule.kind is custom but schedule.matchups is empty")
         if self.rounds_in_flight < 1:
             raise ValueError("rounds_in_flight must be >= 1")
+        p = self.preferences
+        if p.mode.startswith("branched") and p.branches < 2:
+            raise ValueError(f"preferences.branches must be >= 2 for {p.mode}, got {p.branches}")
+        if p.branch_side not in (None, 0, 1):
+            raise ValueError(f"preferences.branch_side must be 0, 1 or null, got {p.branch_side}")
+        if p.mode == "best_of_n" and not any(d.best_of_n > 1 for d in self.debaters):
+            raise ValueError("preferences.mode is best_of_n but no debater has best_of_n > 1")
+        if p.temperature <= 0:
+            raise ValueError(f"preferences.temperature must be > 0, got {p.temperature}")

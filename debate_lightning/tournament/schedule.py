@@ -24,20 +24,30 @@ def matchups(kind: str, names: Sequence[str], custom: Sequence[Sequence[str]] = 
     raise ValueError(f"unknown schedule.kind {kind!r}")
 
 
+def first_questions(questions: Sequence[Question], cap: int) -> list[Question]:
+    """The entries of the first ``cap`` distinct questions (both side orders of each)."""
+    keep: list[str] = []
+    for q in questions:
+        if q.question_id not in keep and len(keep) < cap:
+            keep.append(q.question_id)
+    return [q for q in questions if q.question_id in keep]
+
+
 def schedule(
     questions: Sequence[Question], names: Sequence[str], formats: Sequence[Format], config: ScheduleConfig
 ) -> list[RoundSpec]:
     """Every round of the tournament, in a deterministic order.
 
     Single-advocate formats (consultancy) put the advocate on its ``consultant_side``; the other
-    side's name is empty. For a capped round robin each pair gets the first ``cap`` questions.
+    side's name is empty. For a capped round robin each pair gets the first ``cap`` questions,
+    each in every side order the data has (so ``cap`` counts questions, not rounds).
     """
     pairs = matchups(config.kind, names, config.matchups)
     specs: list[RoundSpec] = []
     for pair in pairs:
         pair_questions = questions
         if config.kind == "capped_round_robin" and config.cap is not None:
-            pair_questions = questions[: config.cap]
+            pair_questions = first_questions(questions, config.cap)
         for fmt in formats:
             for q in pair_questions:
                 debaters = tuple(pair[side] if side in fmt.sides else "" for side in (0, 1))
