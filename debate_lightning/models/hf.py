@@ -19,6 +19,13 @@ import torch
 from debate_lightning.models.base import Chat, Generation, Generator, SamplingParams
 from debate_lightning.models.embedded import EMBEDDED, resolve
 
+def _cache_kwarg() -> str:
+    """transformers renamed ``past_key_values`` to ``cache`` (5.2x); use whichever this one has."""
+    from transformers.modeling_outputs import CausalLMOutputWithPast
+
+    return "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+
 DTYPES = {
     "float32": torch.float32,
     "fp32": torch.float32,
@@ -206,7 +213,7 @@ class HFGenerator(Generator):
     ) -> list[Generation]:
         kwargs: dict[str, Any] = {}
         if prefix_lens and min(prefix_lens) > 0:
-            ids, mask, kwargs["past_key_values"] = self._prefixed_batch(prompts, prefix_lens)
+            ids, mask, kwargs[_cache_kwarg()] = self._prefixed_batch(prompts, prefix_lens)
         else:
             ids, mask = self._left_pad(prompts)
         kwargs.update(
@@ -306,7 +313,7 @@ class HFGenerator(Generator):
         self.stats["prefix_misses"] += 1
         ids = torch.tensor([prefix], device=self.device)
         out = self.model(input_ids=ids, use_cache=True, logits_to_keep=1)
-        kv = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+        kv = [(layer.keys, layer.values) for layer in getattr(out, _cache_kwarg()).layers]
         self.prefixes.put(prefix, kv)
         return kv
 

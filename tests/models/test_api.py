@@ -291,7 +291,7 @@ def test_choice_logprobs_from_top_logprobs(fake_server):
     assert all(math.isnan(x) for x in scores[1])  # a failed request: no verdict, the round fails
     assert gen.last_errors[0] is None and "HTTP 500" in gen.last_errors[1]
     judge = Judge(gen, both_orders=False)
-    assert judge._first_choice_probs([chat("q")]) == pytest.approx([0.75])
+    assert judge._first_choice_probs([chat("q")])[0] == pytest.approx([0.75])
 
 
 def test_server_without_logprobs_falls_back_to_text_verdicts(fake_server):
@@ -300,7 +300,7 @@ def test_server_without_logprobs_falls_back_to_text_verdicts(fake_server):
     with pytest.raises(ScoringUnsupported):
         gen.choice_logprobs([chat("q")], ["A", "B"])
     assert gen.use_logprobs is False  # remembered: no more one-token requests
-    assert Judge(gen, both_orders=False)._first_choice_probs([chat("q")]) == pytest.approx([0.2])
+    assert Judge(gen, both_orders=False)._first_choice_probs([chat("q")])[0] == pytest.approx([0.2])
 
 
 def test_rejected_logprobs_request_falls_back_to_text(fake_server):
@@ -311,7 +311,7 @@ def test_rejected_logprobs_request_falls_back_to_text(fake_server):
 
     server = fake_server(script)
     gen = OpenAIGenerator("o-model", base_url=server.url, key_required=False)
-    assert Judge(gen, both_orders=False)._first_choice_probs([chat("q")]) == pytest.approx([0.7])
+    assert Judge(gen, both_orders=False)._first_choice_probs([chat("q")])[0] == pytest.approx([0.7])
 
 
 # -- Anthropic -----------------------------------------------------------------------------------
@@ -345,7 +345,7 @@ def test_anthropic_messages_retries_and_text_verdicts(fake_server, monkeypatch):
     assert body["stop_sequences"] == ["</verdict>"] and "temperature" not in body and SECRET in (headers.get("x-api-key", "") + headers.get("authorization", ""))
     with pytest.raises(ScoringUnsupported):
         gen.choice_logprobs(chats, ["A", "B"])
-    assert Judge(gen, both_orders=False)._first_choice_probs(chats) == pytest.approx([0.8])
+    assert Judge(gen, both_orders=False)._first_choice_probs(chats)[0] == pytest.approx([0.8])
 
 
 def test_anthropic_failure_is_recorded(fake_server, monkeypatch):
