@@ -1,0 +1,404 @@
+"""The trainable policy: construction (LoRA, checkpointing) and prefix-shared log-probs.
+
+Public API (the SFT, DPO, online-DPO and PPO modules all build on it):
+
+``LoraSpec(r, alpha, dropout, target_modules)``
+    LoRA settings; ``None`` in their place means a full fine-tune.
+``build_policy(model, lora, dtype, gradient_checkpointing, adapter, load_in_4bit) -> (model, tokenizer)``
+    Loads ``embedded``, a directory, a hub id or a GGUF file, wraps it in PEFT LoRA when asked
+    and turns on gradient checkpointing. The model comes back in train mode, ``use_cache`` off.
+``adapters_disabled(model)``
+    Context manager: inside it a PEFT model is its base model, i.e. the reference policy.
+    A model without adapters is returned unchanged (use a frozen copy as reference instead).
+``pack(prompts, completions, pad_id) -> PackedBatch``
+    Packs each prompt ONCE followed by its K completions in one row. Completion k sees the
+    prompt and itself only (a 4D attention mask hides the other completions) and its position
+    ids continue from the prompt's end, so each completion is scored exactly as if it had been
+    concatenated to the prompt alone, but the prompt is computed once for all K.
+``completion_logps(model, batch) -> [B, K, Lc]``
+    Per-token log-probs of the completion tokens (0 at padding; ``batch.completion_mask`` tells
+    which are real). The vocabulary projection runs only at positions that predict completion
+    tokens: prompt positions never pay for the (large) LM head.
+``save_adapter(model, directory)``
+    Writes PEFT adapters (``adapter_model.safetensors`` + config) or, for a full fine-tune, the
+    weights as safetensors.
+``PolicyModule``
+    The LightningModule base of SFT/DPO (and online DPO/PPO): builds the policy, AdamW + warmup
+    schedule, ``track()`` metrics reduced once per optimizer step across micro-batches and ranks
+    (TRL names), checkpoints of trainable weights + RNG state, NaN guard, adapter export, and a
+    DDP replica check. Subclasses write ``training_step``.
+
+Tokenisation helpers ``prompt_ids(tokenizer, chat)`` and ``completion_ids(tokenizer, text)``
+render a chat with the model's template (ending with the assistant prompt) and a completion
+followed by the end-of-turn token.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+from debate_lightning.models.hf import load_model_and_tokenizer, parse_dtype
+
+
+@dataclass
+class LoraSpec:
+    """LoRA adapter settings (Hu et al. 2021).
+
+    Attributes:
+        r: adapter rank.
+        alpha: scaling numerator; the update is scaled by alpha / r.
+        dropout: dropout on the adapter input.
+        target_modules: names of the linear layers that get adapters (``q_proj``, ``v_proj``, …,
+            or ``all-linear``).
+    """
+
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+
+
+def build_policy(
+    model: str = "embedded",
+    lora: LoraSpec | None = None,
+    dtype: str = "float32",
+    gradient_checkpointing: bool = False,
+    adapter: str | None = None,
+    load_in_4bit: bool = False,
+    trust_remote_code: bool = False,
+) -> tuple[torch.nn.Module, Any]:
+    """Load a causal LM for training; see the module docstring."""
+    if load_in_4bit:
+        base, tokenizer = _load_4bit(model, dtype, trust_remote_code)
+    else:
+        base, tokenizer = load_model_and_tokenizer(model, dtype=dtype, trust_remote_code=trust_remote_code)
+    base.config.use_cache = False
+    if gradient_checkpointing:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    policy: torch.nn.Module = base
+    if adapter is not None:
+        from peft import PeftModel
+
+        if not Path(adapter).is_dir():
+            raise FileNotFoundError(f"PEFT adapter directory {adapter} does not exist")
+        policy = PeftModel.from_pretrained(base, adapter, is_trainable=True)
+    elif lora is not None:
+        from peft import LoraConfig, get_peft_model
+
+        targets: Any = lora.target_modules
+        if targets == ["all-linear"]:
+            targets = "all-linear"
+        config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets,
+                            task_type="CAUSAL_LM")
+        policy = get_peft_model(base, config)
+    policy.train()
+    return policy, tokenizer
+
+
+def _load_4bit(model: str, dtype: str, trust_remote_code: bool) -> tuple[torch.nn.Module, Any]:
+    if not torch.cuda.is_available():
+        raise RuntimeError("load_in_4bit needs CUDA (bitsandbytes); set load_in_4bit: false on CPU")
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+    from debate_lightning.models.embedded import resolve
+
+    source = resolve(model)
+    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=parse_dtype(dtype))
+    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    base = AutoModelForCausalLM.from_pretrained(source, quantization_config=quant, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    from peft import prepare_model_for_kbit_training
+
+    return prepare_model_for_kbit_training(base, use_gradient_checkpointing=False), tokenizer
+
+
+def has_adapters(model: torch.nn.Module) -> bool:
+    return hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
+
+
+@contextlib.contextmanager
+def adapters_disabled(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """The base model (the reference policy) for the duration; a plain model is yielded as is."""
+    if has_adapters(model):
+        with model.disable_adapter():  # type: ignore[operator]
+            yield model
+    else:
+        yield model
+
+
+def save_adapter(model: torch.nn.Module, directory: str | Path) -> Path:
+    """PEFT adapters (or full weights) as safetensors in ``directory``; returns the directory."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(directory, safe_serialization=True)  # type: ignore[operator]
+    return directory
+
+
+# -- tokenisation -------------------------------------------------------------------------------
+def prompt_ids(tokenizer: Any, chat: Sequence[dict[str, str]]) -> list[int]:
+    """The chat rendered with the model's template, ending with the assistant prompt."""
+    ids = tokenizer.apply_chat_template(list(chat), add_generation_prompt=True, tokenize=True)
+    if isinstance(ids, dict) or hasattr(ids, "input_ids"):
+        ids = ids["input_ids"]
+    return list(ids)
+
+
+def completion_ids(tokenizer: Any, text: str, eos: bool = True) -> list[int]:
+    """The completion's tokens, followed by the end-of-turn (EOS) token when ``eos``."""
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    return [*ids, tokenizer.eos_token_id] if eos and tokenizer.eos_token_id is not None else ids
+
+
+# -- packing ------------------------------------------------------------------------------------
+@dataclass
+class PackedBatch:
+    """B rows of ``prompt + completion_1 + … + completion_K`` (right padded).
+
+    ``attention_mask`` is [B, 1, L, L] bool (True = may attend) when K > 1, else [B, L].
+    ``predict_at[b, k, j]`` is the position whose logits predict ``targets[b, k, j]``, the j-th
+    token of completion k; ``completion_mask`` is 1 on real completion tokens.
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    position_ids: torch.Tensor
+    predict_at: torch.Tensor
+    targets: torch.Tensor
+    completion_mask: torch.Tensor
+    row_lengths: torch.Tensor
+
+    def to(self, device: torch.device | str) -> PackedBatch:
+        return PackedBatch(**{k: v.to(device) for k, v in self.__dict__.items()})
+
+    @property
+    def completion_lengths(self) -> torch.Tensor:
+        """[B, K] number of tokens in each completion."""
+        return self.completion_mask.sum(-1)
+
+    @property
+    def num_tokens(self) -> int:
+        """Real (non-padding) tokens in the packed rows."""
+        return int(self.row_lengths.sum())
+
+
+def pack(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[Sequence[int]]], pad_id: int) -> PackedBatch:
+    """Pack each prompt once with its completions; see :class:`PackedBatch`."""
+    if len(prompts) != len(completions):
+        raise ValueError(f"pack: {len(prompts)} prompts but {len(completions)} completion groups")
+    K = len(completions[0])
+    if any(len(c) != K for c in completions):
+        raise ValueError("pack: every prompt needs the same number of completions")
+    if any(len(p) == 0 for p in prompts):
+        raise ValueError("pack: a prompt is empty; the first completion token needs a prompt token before it")
+    B = len(prompts)
+    L = max(len(p) + sum(len(c) for c in cs) for p, cs in zip(prompts, completions))
+    Lc = max(1, max(len(c) for cs in completions for c in cs))
+    input_ids = torch.full((B, L), pad_id, dtype=torch.long)
+    position_ids = torch.zeros((B, L), dtype=torch.long)
+    segment = torch.full((B, L), -1, dtype=torch.long)  # 0 prompt, k+1 completion k, -1 padding
+    predict_at = torch.zeros((B, K, Lc), dtype=torch.long)
+    targets = torch.zeros((B, K, Lc), dtype=torch.long)
+    completion_mask = torch.zeros((B, K, Lc), dtype=torch.long)
+    for b, (p, cs) in enumerate(zip(prompts, completions)):
+        P = len(p)
+        input_ids[b, :P] = torch.tensor(p)
+        position_ids[b, :P] = torch.arange(P)
+        segment[b, :P] = 0
+        start = P
+        for k, c in enumerate(cs):
+            n = len(c)
+            if n == 0:
+                continue
+            input_ids[b, start : start + n] = torch.tensor(c)
+            position_ids[b, start : start + n] = torch.arange(P, P + n)
+            segment[b, start : start + n] = k + 1
+            # token j of the completion is predicted by the logits at the previous token of the
+            # same sequence: the prompt's last token for j = 0, the completion's own j-1 after.
+            predict_at[b, k, 0] = P - 1
+            predict_at[b, k, 1:n] = torch.arange(start, start + n - 1)
+            targets[b, k, :n] = torch.tensor(c)
+            completion_mask[b, k, :n] = 1
+            start += n
+    if K == 1:
+        attention_mask = (segment >= 0).long()
+    else:
+        causal = torch.ones((L, L), dtype=torch.bool).tril()
+        same = segment[:, :, None] == segment[:, None, :]
+        prompt_kv = (segment == 0)[:, None, :]
+        # padding queries see earlier padding and the prompt (never an empty row, which gives NaN)
+        attention_mask = (causal & (same | prompt_kv))[:, None]
+    row_lengths = (segment >= 0).sum(-1)
+    return PackedBatch(input_ids, attention_mask, position_ids, predict_at, targets, completion_mask, row_lengths)
+
+
+def _decoder_and_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module]:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # type: ignore[operator]
+    return base.get_decoder(), base.get_output_embeddings()
+
+
+def completion_logps(model: torch.nn.Module, batch: PackedBatch) -> torch.Tensor:
+    """[B, K, Lc] log-probs of each completion token under ``model`` (0 at padding)."""
+    decoder, head = _decoder_and_head(model)
+    mask = batch.attention_mask
+    if mask.dim() == 4 and getattr(model.config, "_attn_implementation", "sdpa") != "sdpa":
+        # eager attention adds the mask to the scores: 0 where allowed, -inf-ish elsewhere
+        dtype = next(model.parameters()).dtype
+        mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
+    hidden = decoder(input_ids=batch.input_ids, attention_mask=mask, position_ids=batch.position_ids,
+                     use_cache=False).last_hidden_state
+    B, K, Lc = batch.targets.shape
+    real = batch.completion_mask.bool()
+    rows = torch.arange(B, device=hidden.device)[:, None, None].expand(B, K, Lc)[real]
+    h = hidden[rows, batch.predict_at[real]]  # [N, H]: only positions that predict completion tokens
+    logits = head(h).float()
+    token_logps = logits.gather(-1, batch.targets[real][:, None]).squeeze(-1) - logits.logsumexp(-1)
+    out = torch.zeros((B, K, Lc), dtype=token_logps.dtype, device=hidden.device)
+    out[real] = token_logps
+    return out
+
+
+# -- the LightningModule base -------------------------------------------------------------------
+SCHEDULERS = ("constant", "linear", "cosine")
+
+
+class PolicyModule(L.LightningModule):
+    """What every policy-training module shares; subclasses write ``training_step``.
+
+    - builds the policy (``self.policy``, ``self.tokenizer``) with :func:`build_policy`;
+    - AdamW over trainable parameters, with warmup then a constant/linear/cosine schedule;
+    - metrics: call ``self.track(name, sum, count)`` per micro-batch; the sums are reduced
+      across micro-batches and ranks and logged ONCE per optimizer step (with ``grad_norm``,
+      the pre-clipping norm, and ``learning_rate``), so accumulation and DDP do not skew them;
+    - checkpoints hold only trainable parameters (LoRA: a few MB); frozen weights come from
+      ``model`` on load, so ``strict_loading`` is off;
+    - at the end of fit, rank 0 writes the adapters (or full weights) as safetensors to
+      ``<log_dir>/adapter``, beside the ``config.yaml`` that LightningCLI saves there;
+    - ``check_finite(loss, batch_idx)`` stops the run with an error naming the step.
+    """
+
+    def __init__(self, model: str = "embedded", lora: LoraSpec | None = None, adapter: str | None = None,
+                 dtype: str = "float32", gradient_checkpointing: bool = False, load_in_4bit: bool = False,
+                 lr: float = 5e-5, weight_decay: float = 0.0, warmup_steps: int = 0, scheduler: str = "constant",
+                 save_adapter: bool = True):
+        super().__init__()
+        if scheduler not in SCHEDULERS:
+            raise ValueError(f"unknown scheduler {scheduler!r}; choose one of {SCHEDULERS}")
+        self.model_name = model
+        self.policy, self.tokenizer = build_policy(model, lora, dtype, gradient_checkpointing, adapter, load_in_4bit)
+        self.lr, self.weight_decay, self.warmup_steps, self.scheduler = lr, weight_decay, warmup_steps, scheduler
+        self.save_adapter_at_end = save_adapter
+        self.strict_loading = False
+        self._sums: dict[str, list[torch.Tensor]] = {}
+
+    def _save_hparams(self, lora: LoraSpec | None) -> None:
+        # dataclasses would need pickle to load; store plain JSON-able values
+        self.save_hyperparameters(ignore=["lora"])
+        self.hparams["lora"] = asdict(lora) if lora is not None else None
+
+    # -- metrics ---------------------------------------------------------------------------------
+    def track(self, name: str, total: torch.Tensor | float, count: torch.Tensor | float) -> None:
+        """Add ``total`` over ``count`` items (examples or tokens) to metric ``name`` for this step."""
+        total = torch.as_tensor(total, dtype=torch.float64, device=self.device).detach()
+        count = torch.as_tensor(count, dtype=torch.float64, device=self.device)
+        if name in self._sums:
+            self._sums[name][0] += total
+            self._sums[name][1] += count
+        else:
+            self._sums[name] = [total.clone(), count.clone()]
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        grads = [p.grad.detach().float().norm() for p in self.parameters() if p.grad is not None]
+        grad_norm = torch.stack(grads).norm() if grads else torch.zeros((), device=self.device)
+        names = sorted(self._sums)
+        metrics = {"grad_norm": grad_norm.float(), "learning_rate": torch.tensor(optimizer.param_groups[0]["lr"])}
+        if names:
+            stacked = torch.stack([torch.stack(self._sums[n]) for n in names])  # [M, 2]
+            stacked = self.trainer.strategy.reduce(stacked, reduce_op="sum")
+            for n, (total, count) in zip(names, stacked):
+                metrics[n] = (total / count.clamp(min=1)).float()
+        self._sums = {}
+        self.log_dict(metrics, on_step=True, on_epoch=False, prog_bar=False, sync_dist=False, batch_size=1)
+
+    def check_finite(self, loss: torch.Tensor, batch_idx: int) -> None:
+        if not torch.isfinite(loss).all():
+            raise FloatingPointError(
+                f"training loss is {loss.item()} at global step {self.global_step} (epoch {self.current_epoch}, "
+                f"batch {batch_idx}); stopping. Lower the learning rate, or check that batch's data.")
+
+    # -- optimisation ----------------------------------------------------------------------------
+    def configure_optimizers(self) -> Any:
+        params = [p for p in self.policy.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+        total = max(1, int(self.trainer.estimated_stepping_batches)) if self._trainer is not None else 1
+        warmup, kind = self.warmup_steps, self.scheduler
+
+        def factor(step: int) -> float:
+            if warmup and step < warmup:
+                return (step + 1) / warmup
+            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            if kind == "linear":
+                return 1.0 - progress
+            if kind == "cosine":
+                return 0.5 * (1.0 + math.cos(math.pi * progress))
+            return 1.0
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # -- checkpoints and export ------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        trainable = {n for n, p in self.named_parameters() if p.requires_grad}
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+        checkpoint["rng"] = _rng_state()  # Lightning does not keep RNG state; exact resume needs it
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "rng" in checkpoint:
+            _set_rng_state(checkpoint["rng"])
+
+    def on_train_end(self) -> None:
+        root = Path(self.trainer.log_dir or self.trainer.default_root_dir)
+        if self.trainer.world_size > 1:
+            self._check_replicas(root)
+        if self.save_adapter_at_end and self.trainer.is_global_zero:
+            save_adapter(self.policy, root / "adapter")
+
+    def _check_replicas(self, root: Path) -> None:
+        """DDP replicas must hold bitwise-identical weights; compare per-tensor sums across ranks."""
+        mine = torch.stack([p.detach().double().sum() for p in self.policy.parameters() if p.requires_grad])
+        every = self.all_gather(mine).reshape(self.trainer.world_size, -1)
+        if self.trainer.is_global_zero:
+            root.mkdir(parents=True, exist_ok=True)
+            (root / "replica_fingerprints.json").write_text(json.dumps(every.tolist()))
+        if not bool((every == every[0]).all()):
+            raise RuntimeError(f"DDP replicas diverged: trainable weights differ between ranks (see {root})")
+
+
+def _rng_state() -> dict[str, Any]:
+    import random
+
+    import numpy as np
+
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "numpy": [kind, torch.from_numpy(keys.astype("int64")), pos, has_gauss, gauss]}
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    import random
+
+    import numpy as np
+
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype("uint32"), pos, has_gauss, gauss))
