@@ -26,7 +26,8 @@ $(STAMP): pyproject.toml Makefile scripts/install_torch.sh
 	@touch $(STAMP)
 
 run: setup
-	$(PY) -m debate_lightning tournament --config configs/tournament.yaml --output outputs/tournament
+	# --resume: a second `make run` finishes (or just re-reports) the same run instead of refusing.
+	$(PY) -m debate_lightning tournament --config configs/tournament.yaml --output outputs/tournament --resume true
 
 test: setup
 	$(PY) -m pytest -q
