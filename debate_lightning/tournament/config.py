@@ -35,6 +35,15 @@ class DataConfig:
     both_orders: bool = True
     options: dict = field(default_factory=dict)
 
+    def load(self) -> list:
+        """The questions this config names (a list of ``Question``), via ``load_questions``."""
+        from debate_lightning.data.loading import load_questions
+
+        return load_questions(
+            self.source, path=self.path, split=self.split, limit=self.limit, seed=self.seed,
+            both_orders=self.both_orders, **self.options,
+        )
+
 
 @dataclass
 class DebaterConfig:

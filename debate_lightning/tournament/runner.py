@@ -26,12 +26,7 @@ class ResultsExist(FileExistsError):
 
 
 def load_tournament_questions(cfg: TournamentConfig) -> list[Question]:
-    from debate_lightning.data.loading import load_questions
-
-    d = cfg.data
-    return load_questions(
-        d.source, path=d.path, split=d.split, limit=d.limit, seed=d.seed, both_orders=d.both_orders, **d.options
-    )
+    return cfg.data.load()
 
 
 def build_agents(cfg: TournamentConfig) -> tuple[dict[str, Debater], Judge, dict[str, Generator]]:

@@ -65,11 +65,8 @@ class _DebateEvaluation(Callback):
     # -- pieces -------------------------------------------------------------------------------
     def questions(self) -> list[Question]:
         if self._questions is None:
-            from debate_lightning.data.loading import load_questions
-
             d = self.questions_config
-            self._questions = load_questions(d.source, path=d.path, split=d.split, limit=d.limit, seed=d.seed,
-                                             both_orders=d.both_orders, **d.options)
+            self._questions = d.load()
             if not self._questions:
                 raise ValueError(f"{type(self).__name__}: questions (split {d.split!r}) gave no questions")
         return self._questions

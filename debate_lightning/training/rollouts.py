@@ -406,11 +406,8 @@ class DebateRolloutDataModule(pl.LightningDataModule):
     # -- pieces -------------------------------------------------------------------------------
     def pool(self) -> list[Question]:
         if self._pool is None:
-            from debate_lightning.data.loading import load_questions
-
             d = self.questions_config
-            self._pool = load_questions(d.source, path=d.path, split=d.split, limit=d.limit, seed=d.seed,
-                                        both_orders=d.both_orders, **d.options)
+            self._pool = d.load()
             if not self._pool:
                 raise ValueError(f"questions: source {d.source!r} split {d.split!r} gave no questions")
         return self._pool
