@@ -47,6 +47,7 @@ import lightning as L
 import torch
 
 from debate_lightning.models.hf import load_model_and_tokenizer, parse_dtype
+from debate_lightning.models.packed_linear import pack_frozen_linears
 
 
 @dataclass
@@ -100,6 +101,9 @@ def build_policy(
         config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets,
                             task_type="CAUSAL_LM")
         policy = get_peft_model(base, config)
+    # Frozen linears (a LoRA policy's base, its reference pass) run through packed oneDNN weights;
+    # trained weights keep F.linear. See models/packed_linear.py.
+    pack_frozen_linears(policy)
     policy.train()
     return policy, tokenizer
 

@@ -1,0 +1,125 @@
+"""Frozen fp32 linear layers through oneDNN with their weights packed once (CPU only).
+
+PyTorch's default fp32 GEMM on CPU is MKL's. On the AVX2 AMD EPYC this project is measured on it
+runs prefill- and training-sized products (thousands of rows) at 92-100 GFLOP/s and 16-row decode
+products at ~30; oneDNN with the weight reordered ONCE into its blocked layout runs the same
+products at 135-146 and ~48 GFLOP/s (``benchmarks/linear.py`` prints both). A frozen weight never
+changes, so packing it once is free speed for generation, judging, reference forwards, and the
+frozen base of a LoRA policy, whose backward only needs ``grad @ W`` (a second packed copy).
+
+:func:`pack_frozen_linears` switches every plain ``nn.Linear`` of a model to :class:`PackedLinear`.
+Its forward uses the packed weight only when that is exactly equivalent:
+
+* the weight and bias are fp32 CPU tensors (not sharded), and none of them is being trained right
+  now (a weight that needs a gradient uses ``F.linear``, so full fine-tuning is untouched);
+* the packed copy is current: it is rebuilt whenever the weight changes in place or is replaced
+  (``load_state_dict``, merged adapters, an optimizer step of a full fine-tune before a rollout).
+
+Set ``DEBATE_LIGHTNING_PACKED_LINEAR=0`` to turn it off everywhere.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import weakref
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+
+@functools.cache
+def available() -> bool:
+    """oneDNN's packed fp32 linear exists here and agrees with ``F.linear``."""
+    if os.environ.get("DEBATE_LIGHTNING_PACKED_LINEAR", "1") in ("0", "false", "no", "off"):
+        return False
+    if not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        weight, x = torch.randn(48, 40), torch.randn(5, 40)
+        got = _run(x, torch.ops.mkldnn._reorder_linear_weight(weight, None), None)
+    except (RuntimeError, AttributeError):
+        return False
+    return torch.allclose(got, F.linear(x, weight), rtol=1e-4, atol=1e-4)
+
+
+def _run(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+
+
+def _packable(t: torch.Tensor | None) -> bool:
+    return t is None or (t.dtype == torch.float32 and t.device.type == "cpu" and type(t.data) is torch.Tensor)
+
+
+def packed_matmul(weight: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``x -> x @ weight.T`` with ``weight`` packed now (for weights that never change), or F.linear."""
+    weight = weight.detach()
+    if available() and _packable(weight):
+        packed = torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), None)
+        return lambda x: _run(x, packed, None)
+    return lambda x: F.linear(x, weight)
+
+
+# module -> (weight key, packed W, packed W^T or None); outside the module so copies never carry it
+_PACKED: weakref.WeakKeyDictionary[torch.nn.Module, list] = weakref.WeakKeyDictionary()
+
+
+def _key(t: torch.Tensor) -> tuple[int, int]:
+    return (t.data_ptr(), t._version)
+
+
+class _FrozenLinearFunction(torch.autograd.Function):
+    """y = x W^T + b with W, b frozen: the backward gives only dL/dx = dL/dy W (packed W^T)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, module):  # noqa: ARG004 - weight/bias listed for autograd's sake
+        ctx.module = module
+        return _run(x, module._packed(transpose=False), bias)
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad_x = _run(grad.contiguous(), ctx.module._packed(transpose=True), None) if ctx.needs_input_grad[0] else None
+        return grad_x, None, None, None
+
+
+class PackedLinear(torch.nn.Linear):
+    """An ``nn.Linear`` whose frozen fp32 weight is multiplied by oneDNN in a packed layout."""
+
+    def _packed(self, transpose: bool) -> torch.Tensor:
+        entry = _PACKED.get(self)
+        key = _key(self.weight)
+        if entry is None or entry[0] != key:
+            with torch.no_grad():
+                entry = [key, torch.ops.mkldnn._reorder_linear_weight(self.weight.detach().contiguous(), None), None]
+            _PACKED[self] = entry
+        if transpose and entry[2] is None:
+            with torch.no_grad():
+                entry[2] = torch.ops.mkldnn._reorder_linear_weight(self.weight.detach().t().contiguous(), None)
+        return entry[2] if transpose else entry[1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        grad = torch.is_grad_enabled()
+        trained = grad and (self.weight.requires_grad or (self.bias is not None and self.bias.requires_grad))
+        if trained or not (_packable(self.weight) and _packable(self.bias) and _packable(x)):
+            return F.linear(x, self.weight, self.bias)
+        bias = None if self.bias is None else self.bias.detach()
+        if grad and x.requires_grad:
+            return _FrozenLinearFunction.apply(x, self.weight, bias, self)
+        return _run(x, self._packed(transpose=False), bias)
+
+
+def pack_frozen_linears(model: torch.nn.Module) -> int:
+    """Switch every plain ``nn.Linear`` in ``model`` to :class:`PackedLinear`; returns how many.
+
+    Weights are not touched or copied until a forward needs them; state dicts stay the same.
+    Does nothing where oneDNN is missing or turned off.
+    """
+    if not available():
+        return 0
+    count = 0
+    for module in model.modules():
+        if type(module) is torch.nn.Linear:
+            module.__class__ = PackedLinear
+            count += 1
+    return count
