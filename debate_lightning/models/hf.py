@@ -17,6 +17,8 @@ from typing import Any
 import torch
 
 from debate_lightning.models.base import Chat, Generation, Generator, SamplingParams
+from debate_lightning.models.decode import FastDecoder, Sampler
+from debate_lightning.models.packed_linear import pack_frozen_linears
 from debate_lightning.models.embedded import EMBEDDED, resolve
 
 def _cache_kwarg() -> str:
@@ -112,16 +114,23 @@ class HFGenerator(Generator):
         tokenizer: Any = None,
         prefix_cache: bool = True,
         prefix_cache_size: int = 64,
+        lean_decode: bool = True,
+        packed_linear: bool = True,
+        score_token_budget: int = 1024,
     ):
         live = model is not None
         if model is None:
             model, tokenizer = load_model_and_tokenizer(path, dtype, device, adapter, gguf_file, trust_remote_code)
+            model.requires_grad_(False)  # ours, for inference only: frozen, so its linears can be packed
+            if packed_linear:
+                pack_frozen_linears(model)
         elif tokenizer is None:
             raise ValueError("HFGenerator(model=...) also needs its tokenizer")
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         self.model, self.tokenizer = model, tokenizer
         self.max_batch_size = max_batch_size
+        self.score_token_budget = score_token_budget
         self.name = name or (Path(path).name if path != EMBEDDED else "smollm2-135m")
         self.eos_ids = self._eos_ids()
         self.stats = {"generate_calls": 0, "generated_sequences": 0, "forward_batches": 0, "prefix_hits": 0, "prefix_misses": 0}
@@ -129,6 +138,9 @@ class HFGenerator(Generator):
         # A wrapped live model may change its weights between calls (training): keep its prefix
         # KV only within one call. A model we loaded ourselves is frozen, so its cache persists.
         self.live_model = live
+        # The lean decode loop (models/decode.py) where the model allows it, else HF generate().
+        self.lean_decode = lean_decode and FastDecoder.unsupported(self.model) is None
+        self._decoder: FastDecoder | None = None
 
     # -- tokenisation -------------------------------------------------------------------------
     def _eos_ids(self) -> list[int]:
@@ -161,11 +173,26 @@ class HFGenerator(Generator):
             mask[i, width - len(s) :] = 1
         return ids.to(self.device), mask.to(self.device)
 
-    def _chunks(self, lengths: Sequence[int]) -> Iterator[list[int]]:
-        """Indices sorted by length, in chunks of at most ``max_batch_size`` (less padding)."""
+    def _chunks(self, lengths: Sequence[int], token_budget: int | None = None) -> Iterator[list[int]]:
+        """Indices sorted by length, in chunks of at most ``max_batch_size`` (less padding).
+
+        With ``token_budget`` a chunk also holds at most that many padded tokens (at least one
+        row). Scoring is a compute-bound prefill: a few hundred rows' worth of tokens already fill
+        the matmuls, while a wide padded batch only adds masked attention and memory traffic.
+        """
         order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-        for start in range(0, len(order), self.max_batch_size):
-            yield order[start : start + self.max_batch_size]
+        chunk: list[int] = []
+        for i in order:
+            widest = max(lengths[i], max((lengths[j] for j in chunk), default=0))
+            full = len(chunk) >= self.max_batch_size or (
+                token_budget is not None and chunk and widest * (len(chunk) + 1) > token_budget
+            )
+            if full:
+                yield chunk
+                chunk = []
+            chunk.append(i)
+        if chunk:
+            yield chunk
 
     # -- generation ---------------------------------------------------------------------------
     def generate(self, chats: Sequence[Chat], params: SamplingParams) -> list[Generation]:
@@ -198,8 +225,11 @@ class HFGenerator(Generator):
         if params.seed is not None:
             torch.manual_seed(params.seed)
         self.stats["generate_calls"] += 1
-        if self.prefixes is not None and self.live_model:
-            self.prefixes.clear()
+        if self.live_model:
+            # A live model's weights change between calls: its caches last one call.
+            if self.prefixes is not None:
+                self.prefixes.clear()
+            self._decoder = None
         with eval_mode(self.model):
             for chunk in self._chunks([len(p) for p in prompts]):
                 lens = [prefix_lens[i] for i in chunk] if prefix_lens and self.prefixes is not None else None
@@ -211,33 +241,21 @@ class HFGenerator(Generator):
     def _generate_batch(
         self, prompts: Sequence[Sequence[int]], params: SamplingParams, prefix_lens: Sequence[int] | None = None
     ) -> list[Generation]:
-        kwargs: dict[str, Any] = {}
+        cache = None
         if prefix_lens and min(prefix_lens) > 0:
-            ids, mask, kwargs[_cache_kwarg()] = self._prefixed_batch(prompts, prefix_lens)
+            ids, mask, cache = self._prefixed_batch(prompts, prefix_lens)
         else:
             ids, mask = self._left_pad(prompts)
-        kwargs.update(
-            max_new_tokens=params.max_new_tokens,
-            min_new_tokens=params.min_new_tokens or None,
-            pad_token_id=self.tokenizer.pad_token_id,
-            eos_token_id=self.eos_ids,
-        )
-        if params.greedy:
-            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        else:
-            kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=params.top_k or None)
         want_scores = params.logprobs or params.top_logprobs > 0
-        if want_scores:
-            kwargs.update(output_scores=True, return_dict_in_generate=True)
         start = time.perf_counter()
-        out = self.model.generate(input_ids=ids, attention_mask=mask, **kwargs)
+        if self.lean_decode:
+            new_ids, scores = self._lean_generate(ids, mask, cache, params, want_scores)
+        else:
+            new_ids, scores = self._hf_generate(ids, mask, cache, params, want_scores)
         elapsed = time.perf_counter() - start
-        sequences = out.sequences if want_scores else out
-        new = sequences[:, ids.shape[1] :].tolist()
-        step_logprobs = None
-        if want_scores:
-            # scores are the processed logits (temperature etc. applied), one tensor per step.
-            step_logprobs = torch.stack(out.scores, dim=1).float().log_softmax(-1)
+        new = new_ids.tolist()
+        # scores are the processed logits (temperature etc. applied), one row per step.
+        step_logprobs = scores.float().log_softmax(-1) if scores is not None else None
         gens = []
         for row, tokens in enumerate(new):
             n = len(tokens)
@@ -267,6 +285,62 @@ class HFGenerator(Generator):
                     ]
             gens.append(gen)
         return gens
+
+    def _hf_generate(self, ids, mask, cache, params: SamplingParams, want_scores: bool):
+        """New token ids (B, n) and, with ``want_scores``, processed logits (B, n, V) by ``generate``."""
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": params.max_new_tokens,
+            "min_new_tokens": params.min_new_tokens or None,
+            "pad_token_id": self.tokenizer.pad_token_id,
+            "eos_token_id": self.eos_ids,
+        }
+        if cache is not None:
+            kwargs[_cache_kwarg()] = cache
+        if params.greedy:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        else:
+            kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=params.top_k or None)
+        if want_scores:
+            kwargs.update(output_scores=True, return_dict_in_generate=True)
+        out = self.model.generate(input_ids=ids, attention_mask=mask, **kwargs)
+        sequences = out.sequences if want_scores else out
+        scores = torch.stack(out.scores, dim=1) if want_scores else None
+        return sequences[:, ids.shape[1] :], scores
+
+    def _lean_generate(self, ids, mask, cache, params: SamplingParams, want_scores: bool):
+        """The same as ``_hf_generate``, by one prefill ``forward`` and the lean decode loop."""
+        if self._decoder is None:
+            self._decoder = FastDecoder(self.model)
+        cached = cache.get_seq_length() if cache is not None else 0
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        kwargs = {_cache_kwarg(): cache} if cache is not None else {}
+        out = self.model(
+            input_ids=ids[:, cached:],
+            attention_mask=mask,
+            position_ids=positions[:, cached:],
+            use_cache=True,
+            logits_to_keep=1,
+            **kwargs,
+        )
+        layers = getattr(out, _cache_kwarg()).layers
+        sampler = Sampler(
+            temperature=params.temperature,
+            top_k=params.top_k,
+            top_p=params.top_p,
+            min_new_tokens=params.min_new_tokens,
+            greedy=params.greedy,
+        )
+        return self._decoder.decode(
+            [layer.keys for layer in layers],
+            [layer.values for layer in layers],
+            mask,
+            out.logits[:, -1],
+            params.max_new_tokens,
+            sampler,
+            self.eos_ids,
+            self.tokenizer.pad_token_id,
+            want_scores,
+        )
 
     def _prefixed_batch(self, prompts: Sequence[Sequence[int]], prefix_lens: Sequence[int]):
         """Ids, mask and a KV cache for prompts whose first ``prefix_lens[i]`` tokens are cached.
@@ -330,7 +404,7 @@ class HFGenerator(Generator):
         out: list[float] = [0.0] * len(prompts)
         seqs = [list(p) + list(c) for p, c in zip(prompts, continuations)]
         with eval_mode(self.model):
-            for chunk in self._chunks([len(s) for s in seqs]):
+            for chunk in self._chunks([len(s) for s in seqs], self.score_token_budget):
                 ids, mask = self._left_pad([seqs[i] for i in chunk])
                 logprobs = self._forward_logprobs(ids, mask)
                 width = ids.shape[1]
@@ -353,7 +427,7 @@ class HFGenerator(Generator):
         prompts = [self.prompt_ids(c) for c in chats]
         out: list[list[float]] = [[] for _ in prompts]
         with eval_mode(self.model):
-            for chunk in self._chunks([len(p) for p in prompts]):
+            for chunk in self._chunks([len(p) for p in prompts], self.score_token_budget):
                 ids, mask = self._left_pad([prompts[i] for i in chunk])
                 last = self._forward_logprobs(ids, mask, last_only=True)
                 for row, i in enumerate(chunk):

@@ -1,0 +1,277 @@
+"""A lean decode loop for Llama-family models: a preallocated KV cache and fused, packed weights.
+
+``transformers``' ``generate`` is built for every model and every feature; on a CPU at batch 16 a
+decode step of the embedded model spends more time growing its ``DynamicCache`` (a ``torch.cat``
+of every layer's keys and values, every step) than in the matmuls. This loop does what decoding
+a Llama needs and nothing else:
+
+* the prompt is prefilled by the model's own ``forward`` (compute-bound, nothing to win there),
+  its keys and values are copied once into buffers with room for every new token, and each step
+  writes one column in place;
+* q/k/v and gate/up projections are fused into one matmul each, and on CPUs with oneDNN every
+  weight is pre-packed for it (``models/packed_linear.py``: ~1.6x the default sgemm at 16 rows);
+* grouped-query attention reads the shared key/value heads directly, without expanding them.
+
+It samples exactly like ``generate`` with the same settings (minimum length, temperature, top-k,
+top-p; greedy = argmax), and its logits equal the model's ``forward`` within float tolerance
+(tests/models/test_decode.py). Models it does not know (other architectures, adapters other than
+plain LoRA, dynamic RoPE) keep using ``generate``: ``FastDecoder.unsupported(model)`` says why.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from debate_lightning.models.packed_linear import packed_matmul
+
+Linear = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _base_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The ``*ForCausalLM`` inside a PEFT wrapper (or the model itself)."""
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
+
+
+def _effective_weight(linear: torch.nn.Module) -> torch.Tensor:
+    """The weight a (possibly LoRA-wrapped) linear layer applies right now, adapters included."""
+    base = getattr(linear, "base_layer", None)
+    if base is None:
+        return linear.weight.detach()
+    weight = base.weight.detach()
+    if getattr(linear, "disable_adapters", False) or getattr(linear, "merged", False):
+        return weight
+    for name in linear.active_adapters:
+        if name in linear.lora_A:
+            weight = weight + linear.get_delta_weight(name).detach().to(weight.dtype)
+    return weight
+
+
+def _bias(linear: torch.nn.Module) -> torch.Tensor | None:
+    return getattr(getattr(linear, "base_layer", linear), "bias", None)
+
+
+def _lora_unsupported(model: torch.nn.Module) -> str | None:
+    for name, module in model.named_modules():
+        if hasattr(module, "base_layer") and hasattr(module, "lora_A"):
+            if any(getattr(module, "use_dora", {}).get(a, False) for a in module.active_adapters):
+                return f"{name} uses DoRA"
+            if not isinstance(module.base_layer, torch.nn.Linear):
+                return f"{name} adapts a {type(module.base_layer).__name__}"
+        elif hasattr(module, "base_layer"):
+            return f"{name} is a {type(module).__name__} adapter"
+    return None
+
+
+def _rms_norm(module: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The model's RMSNorm as one fused op (``F.rms_norm``: x / sqrt(mean(x²) + eps) · weight)."""
+    weight = module.weight.detach()
+    eps = getattr(module, "variance_epsilon", getattr(module, "eps", 1e-6))
+    return lambda x: F.rms_norm(x, weight.shape, weight, eps)
+
+
+@dataclass
+class _Layer:
+    norm_in: Callable[[torch.Tensor], torch.Tensor]
+    qkv: Linear
+    o: Linear
+    norm_post: Callable[[torch.Tensor], torch.Tensor]
+    gate_up: Linear
+    down: Linear
+
+
+class FastDecoder:
+    """Decodes a batch of prefilled Llama-family sequences; build once per set of weights."""
+
+    ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3")
+
+    @classmethod
+    def unsupported(cls, model: torch.nn.Module) -> str | None:
+        """Why this model must use ``generate`` instead (None: it can use the lean loop)."""
+        base = _base_model(model)
+        config = base.config
+        if config.model_type not in cls.ARCHITECTURES:
+            return f"architecture {config.model_type!r} (lean decoding knows {', '.join(cls.ARCHITECTURES)})"
+        if getattr(config, "mlp_bias", False):
+            return "MLP bias"
+        if getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True):
+            return "sliding-window attention"
+        rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+        if rope.get("rope_type", rope.get("type", "default")) in ("dynamic", "longrope"):
+            return f"{rope.get('rope_type')} RoPE"
+        layer = base.model.layers[0]
+        if hasattr(layer.self_attn, "q_norm"):
+            return "q/k norms"
+        if _bias(base.lm_head) is not None:
+            return "an LM-head bias"
+        if _bias(layer.self_attn.o_proj) is not None:
+            return "an output-projection bias"
+        if getattr(config, "hidden_act", "silu") != "silu":
+            return f"activation {config.hidden_act!r}"
+        return _lora_unsupported(model)
+
+    def __init__(self, model: torch.nn.Module):
+        reason = self.unsupported(model)
+        if reason is not None:
+            raise ValueError(f"lean decoding does not support this model: {reason}")
+        base = _base_model(model)
+        config = base.config
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = getattr(config, "num_key_value_heads", None) or self.num_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.num_heads
+        self.embed = base.model.embed_tokens
+        self.rotary = base.model.rotary_emb
+        self.norm = _rms_norm(base.model.norm)
+        self.lm_head = packed_matmul(_effective_weight(base.lm_head))
+        self.layers = []
+        with torch.no_grad():
+            for layer in base.model.layers:
+                attn, mlp = layer.self_attn, layer.mlp
+                qkv_bias = None
+                if _bias(attn.q_proj) is not None:  # qwen2 keeps biases on q/k/v
+                    qkv_bias = torch.cat([_bias(attn.q_proj), _bias(attn.k_proj), _bias(attn.v_proj)]).detach()
+                qkv_w = torch.cat([_effective_weight(m) for m in (attn.q_proj, attn.k_proj, attn.v_proj)])
+                qkv = packed_matmul(qkv_w)
+                if qkv_bias is not None:
+                    qkv = (lambda f, b: (lambda x: f(x) + b))(qkv, qkv_bias)
+                self.layers.append(
+                    _Layer(
+                        norm_in=_rms_norm(layer.input_layernorm),
+                        qkv=qkv,
+                        o=packed_matmul(_effective_weight(attn.o_proj)),
+                        norm_post=_rms_norm(layer.post_attention_layernorm),
+                        gate_up=packed_matmul(torch.cat([_effective_weight(mlp.gate_proj), _effective_weight(mlp.up_proj)])),
+                        down=packed_matmul(_effective_weight(mlp.down_proj)),
+                    )
+                )
+        self.intermediate = config.intermediate_size
+
+    # -- one step -----------------------------------------------------------------------------
+    def _step(self, tokens: torch.Tensor, positions: torch.Tensor, keys, values, column: int, bias: torch.Tensor):
+        """Logits for one new token per row; writes its keys/values at ``column`` of the buffers."""
+        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+        batch = tokens.shape[0]
+        h, kv, d = self.num_heads, self.num_kv_heads, self.head_dim
+        x = self.embed(tokens)  # (B, H)
+        cos, sin = self.rotary(x, positions[:, None])  # (B, 1, D)
+        scale = 1.0 / math.sqrt(d)
+        width = column + 1
+        for layer, k_buf, v_buf in zip(self.layers, keys, values):
+            qkv = layer.qkv(layer.norm_in(x))
+            q = qkv[:, : h * d].view(batch, h, 1, d)
+            k = qkv[:, h * d : (h + kv) * d].view(batch, kv, 1, d)
+            v = qkv[:, (h + kv) * d :].view(batch, kv, 1, d)
+            q, k = apply_rotary_pos_emb(q, k, cos, sin)
+            k_buf[:, :, column : column + 1] = k
+            v_buf[:, :, column : column + 1] = v
+            # Grouped-query attention without expanding the key/value heads: the query heads of
+            # one kv head (HF's repeat_kv maps head i to kv head i // groups) form its rows.
+            qg = q.view(batch, kv, h // kv, d)
+            scores = torch.matmul(qg, k_buf[:, :, :width].transpose(-1, -2)) * scale
+            probs = torch.softmax(scores + bias[:, None, None, :width], dim=-1)
+            attn = torch.matmul(probs, v_buf[:, :, :width]).reshape(batch, h * d)
+            x = x + layer.o(attn)
+            gate, up = layer.gate_up(layer.norm_post(x)).split(self.intermediate, dim=-1)
+            x = x + layer.down(F.silu(gate) * up)
+        return self.lm_head(self.norm(x)).float()
+
+    # -- the loop ------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def decode(
+        self,
+        prompt_keys: Sequence[torch.Tensor],
+        prompt_values: Sequence[torch.Tensor],
+        mask: torch.Tensor,
+        first_logits: torch.Tensor,
+        max_new_tokens: int,
+        sampler: Sampler,
+        eos_ids: Sequence[int],
+        pad_id: int,
+        want_scores: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """New tokens (B, n) after prefilled, left-padded prompts; with ``want_scores`` also the
+        processed logits of every step (B, n, V), as ``generate(output_scores=True)`` returns them.
+
+        ``prompt_keys[l]``/``prompt_values[l]`` are layer l's (B, kv_heads, W, D) prompt cache,
+        ``mask`` the (B, W) prompt mask, ``first_logits`` the (B, V) logits after the prompt.
+        Finished rows continue with ``pad_id`` (ignored) until every row is done.
+        """
+        batch, width = mask.shape
+        total = width + max_new_tokens
+        keys, values = [], []
+        for k, v in zip(prompt_keys, prompt_values):
+            k_buf = k.new_empty(batch, k.shape[1], total, k.shape[3])
+            v_buf = v.new_empty(batch, v.shape[1], total, v.shape[3])
+            k_buf[:, :, :width] = k
+            v_buf[:, :, :width] = v
+            keys.append(k_buf)
+            values.append(v_buf)
+        bias = torch.zeros(batch, total, dtype=keys[0].dtype, device=mask.device)
+        bias[:, :width].masked_fill_(mask == 0, torch.finfo(bias.dtype).min)
+        positions = mask.sum(-1)
+        eos = torch.tensor(list(eos_ids), device=mask.device)
+        done = torch.zeros(batch, dtype=torch.bool, device=mask.device)
+        out = torch.full((batch, max_new_tokens), pad_id, dtype=torch.long, device=mask.device)
+        scores = [] if want_scores else None
+        logits = first_logits.float()
+        n = 0
+        for step in range(max_new_tokens):
+            processed = sampler.process(logits, step, eos)
+            token = sampler.choose(processed)
+            if scores is not None:
+                scores.append(processed)
+            token = torch.where(done, torch.full_like(token, pad_id), token)
+            out[:, step] = token
+            n = step + 1
+            done |= torch.isin(token, eos)
+            if bool(done.all()) or step == max_new_tokens - 1:
+                break
+            logits = self._step(token, positions, keys, values, width + step, bias)
+            positions = positions + 1
+        if scores is not None:
+            return out[:, :n], (torch.stack(scores, dim=1) if scores else logits.new_zeros(batch, 0, logits.shape[-1]))
+        return out[:, :n], None
+
+
+@dataclass
+class Sampler:
+    """``generate``'s logits processing and sampling, in its order: minimum length (EOS masked),
+    temperature, top-k, top-p, then a multinomial draw (or argmax when greedy)."""
+
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    min_new_tokens: int = 0
+    greedy: bool = False
+
+    def process(self, logits: torch.Tensor, step: int, eos: torch.Tensor) -> torch.Tensor:
+        logits = logits.clone()
+        if step < self.min_new_tokens:
+            logits[:, eos] = -math.inf
+        if self.greedy:
+            return logits
+        if self.temperature != 1.0:
+            logits = logits / self.temperature
+        if self.top_k and self.top_k < logits.shape[-1]:
+            kth = torch.topk(logits, self.top_k, dim=-1).values[:, -1:]
+            logits = logits.masked_fill(logits < kth, -math.inf)
+        if self.top_p < 1.0:
+            # As transformers' TopPLogitsWarper: drop the low tail whose total mass is <= 1 - top_p,
+            # always keeping the most likely token.
+            sorted_logits, order = torch.sort(logits, descending=False, dim=-1)
+            cumulative = sorted_logits.softmax(-1).cumsum(-1)
+            remove = cumulative <= (1 - self.top_p)
+            remove[:, -1] = False
+            logits = logits.masked_fill(remove.scatter(1, order, remove), -math.inf)
+        return logits
+
+    def choose(self, processed: torch.Tensor) -> torch.Tensor:
+        if self.greedy:
+            return processed.argmax(-1)
+        return torch.multinomial(processed.softmax(-1), 1).squeeze(-1)

@@ -1,0 +1,181 @@
+"""The lean decode loop against transformers' own ``generate`` and ``forward``."""
+
+import pytest
+import torch
+
+from debate_lightning.models.base import SamplingParams
+from debate_lightning.models.decode import FastDecoder, Sampler
+from debate_lightning.models.hf import HFGenerator
+
+SYSTEM = "You judge debates about stories. " * 6
+CHATS = [
+    [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Which is bigger, a cat or a mouse?"}],
+    [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Name a colour. " * 7}],
+    [{"role": "user", "content": "Hi"}],
+]
+
+
+def _twins(model, tokenizer, **kwargs):
+    """The same weights behind the lean loop and behind ``generate``."""
+    lean = HFGenerator(model=model, tokenizer=tokenizer, **kwargs)
+    hf = HFGenerator(model=model, tokenizer=tokenizer, lean_decode=False, **kwargs)
+    assert lean.lean_decode and not hf.lean_decode
+    return lean, hf
+
+
+def _assert_same(lean_gens, hf_gens):
+    for a, b in zip(lean_gens, hf_gens):
+        assert a.token_ids == b.token_ids
+        assert a.logprob == pytest.approx(b.logprob, abs=1e-3)
+        assert a.finished == b.finished
+
+
+@pytest.mark.parametrize("prefix_cache", [True, False])
+def test_greedy_equals_generate_with_padding(tiny_generator, prefix_cache):
+    lean, hf = _twins(tiny_generator.model, tiny_generator.tokenizer, prefix_cache=prefix_cache, max_batch_size=8)
+    params = SamplingParams(max_new_tokens=12, min_new_tokens=12, temperature=0.0, logprobs=True)
+    _assert_same(lean.generate(CHATS, params), hf.generate(CHATS, params))
+    # Rows whose shared system prompt comes from the prefix cache (the story, in debates).
+    _assert_same(lean.generate(CHATS[:2], params), hf.generate(CHATS[:2], params))
+    if prefix_cache:
+        assert lean.stats["prefix_hits"] > 0
+
+
+def test_step_logits_equal_forward(tiny_generator):
+    """Teacher-force one continuation through the loop's step and through forward()."""
+    gen = tiny_generator
+    model = gen.model
+    decoder = FastDecoder(model)
+    prompts = [gen.prompt_ids(c) for c in CHATS]
+    ids, mask = gen._left_pad(prompts)
+    follow = torch.randint(100, 1000, (len(prompts), 5))
+    with torch.inference_mode():
+        out = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=True)
+        layers = out.past_key_values.layers if hasattr(out, "past_key_values") else out.cache.layers
+        width = ids.shape[1]
+        keys = [torch.cat([layer.keys, layer.keys.new_zeros(*layer.keys.shape[:2], 5, layer.keys.shape[3])], 2) for layer in layers]
+        values = [torch.cat([layer.values, layer.values.new_zeros(*layer.values.shape[:2], 5, layer.values.shape[3])], 2) for layer in layers]
+        bias = torch.zeros(len(prompts), width + 5)
+        bias[:, :width].masked_fill_(mask == 0, torch.finfo(torch.float32).min)
+        positions = mask.sum(-1)
+        stepped = []
+        for j in range(5):
+            stepped.append(decoder._step(follow[:, j], positions + j, keys, values, width + j, bias))
+        full_ids = torch.cat([ids, follow], 1)
+        full_mask = torch.cat([mask, torch.ones_like(follow)], 1)
+        reference = model(
+            input_ids=full_ids, attention_mask=full_mask, position_ids=(full_mask.cumsum(-1) - 1).clamp(min=0)
+        ).logits[:, width:]
+    torch.testing.assert_close(torch.stack(stepped, 1), reference.float(), rtol=1e-4, atol=1e-4)
+
+
+def test_sampler_processing_equals_transformers_warpers():
+    from transformers.generation.logits_process import (
+        MinNewTokensLengthLogitsProcessor,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    torch.manual_seed(0)
+    logits = torch.randn(4, 50) * 3
+    eos = torch.tensor([7, 9])
+    sampler = Sampler(temperature=0.7, top_k=20, top_p=0.8, min_new_tokens=3)
+    ours = sampler.process(logits, step=1, eos=eos)
+    input_ids = torch.zeros(4, 11, dtype=torch.long)  # prompt of 10 + 1 generated token
+    ref = MinNewTokensLengthLogitsProcessor(10, 3, [7, 9])(input_ids, logits.clone())
+    for warper in (TemperatureLogitsWarper(0.7), TopKLogitsWarper(20), TopPLogitsWarper(0.8)):
+        ref = warper(input_ids, ref)
+    assert torch.equal(torch.isinf(ours), torch.isinf(ref))
+    finite = torch.isfinite(ref)
+    torch.testing.assert_close(ours[finite], ref[finite])
+    assert torch.isinf(ours[:, eos]).all()
+    # Past the minimum length EOS is allowed again; the kept set is never empty.
+    late = sampler.process(logits, step=5, eos=eos)
+    assert torch.isfinite(late).any(-1).all()
+
+
+def test_sampling_distribution_follows_processed_logits():
+    torch.manual_seed(1)
+    probs = torch.tensor([[0.6, 0.3, 0.1]]).repeat(4000, 1)
+    sampler = Sampler(temperature=1.0)
+    draws = sampler.choose(sampler.process(probs.log(), step=0, eos=torch.tensor([5])))
+    freq = torch.bincount(draws, minlength=3).float() / len(draws)
+    torch.testing.assert_close(freq, torch.tensor([0.6, 0.3, 0.1]), atol=0.03, rtol=0)
+
+
+@pytest.fixture(scope="module")
+def embedded(embedded_dir):
+    return HFGenerator(path=str(embedded_dir), dtype="float32")
+
+
+def test_eos_stops_rows_and_min_length_holds(embedded):
+    """Make a token row 0 greedily writes early an end token: row 0 stops there, the others go on,
+    and a minimum length keeps it going, exactly as generate() does (the real model: a random tiny
+    one repeats one token)."""
+    lean, hf = _twins(embedded.model, embedded.tokenizer)
+    free = lean.generate(CHATS, SamplingParams(max_new_tokens=8, min_new_tokens=8, temperature=0.0))
+    others = set(free[1].token_ids) | set(free[2].token_ids)
+    at = next(j for j, t in enumerate(free[0].token_ids) if j >= 1 and t not in others and t not in free[0].token_ids[:j])
+    stop = free[0].token_ids[at]
+    for gen in (lean, hf):
+        gen.eos_ids = [stop]
+    short = SamplingParams(max_new_tokens=8, temperature=0.0, logprobs=True)
+    got = lean.generate(CHATS, short)
+    _assert_same(got, hf.generate(CHATS, short))
+    assert got[0].num_tokens == at and got[0].finished
+    assert [g.num_tokens for g in got[1:]] == [8, 8]
+    held = SamplingParams(max_new_tokens=8, min_new_tokens=at + 1, temperature=0.0, logprobs=True)
+    got = lean.generate(CHATS, held)
+    _assert_same(got, hf.generate(CHATS, held))
+    assert got[0].num_tokens > at
+
+
+def test_lora_adapters_are_merged_into_the_loop(tiny_model_dir):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"]))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)  # a trained adapter, not the zero init
+    lean, hf = _twins(peft_model, tokenizer)
+    params = SamplingParams(max_new_tokens=10, min_new_tokens=10, temperature=0.0, logprobs=True)
+    with_adapter = lean.generate(CHATS, params)
+    _assert_same(with_adapter, hf.generate(CHATS, params))
+    with peft_model.disable_adapter():
+        lean._decoder = None
+        without = lean.generate(CHATS, params)
+        _assert_same(without, hf.generate(CHATS, params))
+    assert [g.token_ids for g in with_adapter] != [g.token_ids for g in without]
+
+
+def test_unsupported_architecture_falls_back_to_generate(tokenizer, tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=1, n_head=2, n_positions=512))
+    assert "gpt2" in FastDecoder.unsupported(model)
+    with pytest.raises(ValueError, match="gpt2"):
+        FastDecoder(model)
+    gen = HFGenerator(model=model, tokenizer=tokenizer)
+    assert not gen.lean_decode
+    out = gen.generate(CHATS[2:], SamplingParams(max_new_tokens=4, min_new_tokens=4, temperature=0.0))
+    assert out[0].num_tokens == 4
+
+
+def test_embedded_model_greedy_matches_generate(embedded):
+    """The real SmolLM2 weights, a real debate-sized prompt: the same greedy speech both ways."""
+    from debate_lightning.data.synthetic import generate
+
+    q = generate(1, seed=3)[0]
+    chats = [
+        [{"role": "system", "content": q.story}, {"role": "user", "content": f"{q.question} Argue for: {pos}"}]
+        for pos in q.positions
+    ]
+    lean, hf = _twins(embedded.model, embedded.tokenizer)
+    params = SamplingParams(max_new_tokens=24, temperature=0.0, logprobs=True)
+    _assert_same(lean.generate(chats, params), hf.generate(chats, params))
