@@ -20,7 +20,7 @@ import lightning as L
 import torch
 
 from debate_lightning.data.preferences import PreferencePair, read_preferences
-from debate_lightning.data.question import DataError
+from debate_lightning.data.question import DataError, iter_jsonl
 from debate_lightning.training.policy import completion_ids, pack, prompt_ids
 
 Chat = list[dict[str, str]]
@@ -261,33 +261,26 @@ def sft_rows_from_results(paths: Sequence[str], select: str = "all") -> list[tup
             rows += [(p.prompt, p.chosen) for p in synthetic_pairs(int(root[len(SYNTHETIC):]))]
             continue
         for path in _result_files(Path(root)):
-            with path.open(encoding="utf-8") as f:
-                for line, text in enumerate(f, start=1):
-                    if not text.strip():
+            for n, (line, d) in enumerate(iter_jsonl(path)):
+                if "round_id" not in d:
+                    if n == 0 and Path(root).is_dir():
+                        break  # not a results file
+                    raise DataError(path, line, "round_id", "not a tournament round (RoundResult) line")
+                try:
+                    result = RoundResult.from_dict(d)
+                    transcript = result.transcript()
+                except (TypeError, ValueError, KeyError) as e:
+                    raise DataError(path, line, None, f"malformed round: {e}") from None
+                if not result.ok:
+                    continue
+                keep = {"all": None, "winner": result.winner, "correct": result.correct_index}[select]
+                prompts = prompts_for(transcript.format)
+                for s in transcript.speeches:
+                    if keep is not None and s.side != keep:
                         continue
-                    try:
-                        d = json.loads(text)
-                    except json.JSONDecodeError as e:
-                        raise DataError(path, line, None, f"invalid JSON ({e.msg} at column {e.colno})") from None
-                    if not isinstance(d, dict) or "round_id" not in d:
-                        if line == 1 and Path(root).is_dir():
-                            break  # not a results file
-                        raise DataError(path, line, "round_id", "not a tournament round (RoundResult) line")
-                    try:
-                        result = RoundResult.from_dict(d)
-                        transcript = result.transcript()
-                    except (TypeError, ValueError, KeyError) as e:
-                        raise DataError(path, line, None, f"malformed round: {e}") from None
-                    if not result.ok:
-                        continue
-                    keep = {"all": None, "winner": result.winner, "correct": result.correct_index}[select]
-                    prompts = prompts_for(transcript.format)
-                    for s in transcript.speeches:
-                        if keep is not None and s.side != keep:
-                            continue
-                        before = Transcript(transcript.question, transcript.format,
-                                            [x for x in transcript.speeches if x.step < s.step])
-                        rows.append((before.debater_chat(s.side, prompts), s.text))
+                    before = Transcript(transcript.question, transcript.format,
+                                        [x for x in transcript.speeches if x.step < s.step])
+                    rows.append((before.debater_chat(s.side, prompts), s.text))
     return rows
 
 
