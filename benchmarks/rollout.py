@@ -3,8 +3,12 @@
 Both sides play the same debate rounds on the same loaded embedded model, with the same
 sampling settings and dtype, and fixed-length speeches (min = max new tokens), so both generate
 exactly the same number of tokens. The baseline is how the old research code effectively ran:
-one ``generate`` call per speech at batch 1, no prompt reuse. The engine gathers every pending
-speech of every round into one batched call per turn and reuses each story's KV prefix.
+a stock transformers model, one ``model.generate`` call per speech at batch 1, no prompt reuse,
+and one judge forward per transcript. The engine gathers every pending speech of every round into
+one batched call per turn, reuses each story's KV prefix, decodes with the lean loop
+(``models/decode.py``) and runs frozen linears through packed oneDNN weights
+(``models/packed_linear.py``). Speech and judging times are printed apart: judging is a
+compute-bound forward over every transcript (twice, both orders) on both sides.
 
     python benchmarks/rollout.py                 # 16 rounds, 2 speeches per debater, 128 tokens
     python benchmarks/rollout.py --rounds 4 --max-new-tokens 16   # a quick smoke run
@@ -29,18 +33,20 @@ from debate_lightning.models.hf import HFGenerator  # noqa: E402
 from debate_lightning.models.hf_factory import auto_dtype  # noqa: E402
 
 
-def play(specs, generator, params, judge_generator, one_at_a_time: bool) -> tuple[float, int]:
-    """Play and judge ``specs``; return (seconds, generated tokens)."""
+def play(specs, generator, params, judge_generator, one_at_a_time: bool) -> tuple[float, float, int]:
+    """Play and judge ``specs``; return (speech seconds, judging seconds, generated tokens)."""
     debaters = {"policy": Debater("policy", generator, params)}
     judge = Judge(judge_generator, both_orders=True)
-    start = time.perf_counter()
     groups = [[s] for s in specs] if one_at_a_time else [list(specs)]
-    tokens = 0
+    tokens, speaking, judging = 0, 0.0, 0.0
     for group in groups:
+        start = time.perf_counter()
         transcripts = play_speeches(group, debaters)
+        middle = time.perf_counter()
         judge_transcripts(group, transcripts, judge)
+        speaking, judging = speaking + middle - start, judging + time.perf_counter() - middle
         tokens += sum(s.num_tokens for t in transcripts for s in t.speeches)
-    return time.perf_counter() - start, tokens
+    return speaking, judging, tokens
 
 
 def main() -> None:
@@ -56,9 +62,9 @@ def main() -> None:
 
     dtype = auto_dtype("cpu") if args.dtype == "auto" else args.dtype
     engine_gen = HFGenerator(dtype=dtype, max_batch_size=args.max_batch_size, name="engine")
-    # The same weights in memory, used the old way: batch 1, no prefix reuse.
+    # The same weights, loaded the old way: stock linears, generate() at batch 1, no prefix reuse.
     single_gen = HFGenerator(
-        model=engine_gen.model, tokenizer=engine_gen.tokenizer, max_batch_size=1, prefix_cache=False, name="single"
+        dtype=dtype, max_batch_size=1, prefix_cache=False, lean_decode=False, packed_linear=False, name="single"
     )
     questions = load_questions("synthetic", split="val", limit=(args.rounds + 1) // 2, seed=args.seed, both_orders=True)
     fmt = Format(kind="debate", num_speeches=args.speeches)
@@ -68,20 +74,23 @@ def main() -> None:
     )
     print(f"{len(specs)} rounds, {args.speeches} speeches per debater, {args.max_new_tokens} tokens per speech, dtype {dtype}")
 
-    # Warm up both paths once (allocator, kernels) on a tiny budget.
+    # Warm up both paths once (allocator, kernels, packing the engine's weights) on a tiny budget.
     warm = SamplingParams(max_new_tokens=2, min_new_tokens=2, temperature=args.temperature)
     play(specs[:1], single_gen, warm, single_gen, one_at_a_time=True)
+    play(specs[:1], engine_gen, warm, engine_gen, one_at_a_time=False)
     engine_gen.prefixes.clear()
 
-    t_engine, tok_engine = play(specs, engine_gen, params, engine_gen, one_at_a_time=False)
-    t_single, tok_single = play(specs, single_gen, params, single_gen, one_at_a_time=True)
     n = len(specs)
-    dpm_engine, dpm_single = 60 * n / t_engine, 60 * n / t_single
-    print(f"engine:        {t_engine:8.1f} s  {dpm_engine:7.2f} debates/min  {tok_engine / t_engine:7.1f} speech tok/s")
-    print(f"one-at-a-time: {t_single:8.1f} s  {dpm_single:7.2f} debates/min  {tok_single / t_single:7.1f} speech tok/s")
+    rates = {}
+    for label, gen, alone in (("engine", engine_gen, False), ("one-at-a-time", single_gen, True)):
+        speaking, judging, tokens = play(specs, gen, params, gen, one_at_a_time=alone)
+        total = speaking + judging
+        rates[label] = 60 * n / total
+        print(f"{label + ':':<14} {total:8.1f} s  {rates[label]:7.2f} debates/min   speeches {speaking:7.1f} s "
+              f"({tokens / speaking:6.1f} tok/s)   judging {judging:6.1f} s", flush=True)
+        assert tokens == n * 2 * args.speeches * args.max_new_tokens, tokens
     print(f"engine stats: {engine_gen.stats}")
-    assert tok_engine == tok_single == n * 2 * args.speeches * args.max_new_tokens, (tok_engine, tok_single)
-    print(f"ratio: {dpm_engine / dpm_single:.2f}")
+    print(f"ratio: {rates['engine'] / rates['one-at-a-time']:.2f}")
 
 
 if __name__ == "__main__":
