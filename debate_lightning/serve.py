@@ -274,16 +274,16 @@ def _entry(decode, token: int, logprob: float, top: list[tuple[float, int]]) -> 
 
 def first_token(generator: Generator, chats: list[Chat], k: int) -> tuple[list[Generation], list[list[dict]]]:
     """Greedy one-token completions with their log-probs, from ONE forward pass per chunk."""
-    from debate_lightning.models.hf import eval_mode
+    from debate_lightning.models.hf import eval_mode, positions_from_mask
 
     gen = _hf(generator)
     prompts = [gen.prompt_ids(c) for c in chats]
     gens: list[Generation] = [Generation("") for _ in chats]
     entries: list[list[dict]] = [[] for _ in chats]
     with eval_mode(gen.model):
-        for chunk in gen._chunks([len(p) for p in prompts]):
+        for chunk in gen.score_chunks([len(p) for p in prompts]):
             ids, mask = gen._left_pad([prompts[i] for i in chunk])
-            position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+            position_ids = positions_from_mask(mask)
             logits = gen.model(input_ids=ids, attention_mask=mask, position_ids=position_ids, logits_to_keep=1).logits
             logprobs = logits[:, -1].float().log_softmax(-1)
             best = logprobs.argmax(-1).tolist()
@@ -310,7 +310,7 @@ def token_logprobs(generator: Generator, chats: list[Chat], gens: list[Generatio
     """
     import torch
 
-    from debate_lightning.models.hf import eval_mode
+    from debate_lightning.models.hf import eval_mode, positions_from_mask
 
     generator = _hf(generator)
     prompts = [generator.prompt_ids(c) for c in chats]
@@ -319,12 +319,12 @@ def token_logprobs(generator: Generator, chats: list[Chat], gens: list[Generatio
     out: list[list[dict] | None] = [[] for _ in gens]
     decode = generator.tokenizer.decode
     with eval_mode(generator.model):
-        for chunk in generator._chunks([len(s) for s in seqs]):
+        for chunk in generator.score_chunks([len(s) for s in seqs]):
             keep = max(len(completions[i]) for i in chunk)
             if keep == 0:
                 continue
             ids, mask = generator._left_pad([seqs[i] for i in chunk])
-            position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+            position_ids = positions_from_mask(mask)
             logits = generator.model(input_ids=ids, attention_mask=mask, position_ids=position_ids, logits_to_keep=keep + 1).logits
             logprobs = logits[:, :-1].float().log_softmax(-1)  # row j predicts the token after it
             for row, i in enumerate(chunk):

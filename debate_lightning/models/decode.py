@@ -134,11 +134,9 @@ class FastDecoder:
                 attn, mlp = layer.self_attn, layer.mlp
                 qkv_bias = None
                 if _bias(attn.q_proj) is not None:  # qwen2 keeps biases on q/k/v
-                    qkv_bias = torch.cat([_bias(attn.q_proj), _bias(attn.k_proj), _bias(attn.v_proj)]).detach()
+                    qkv_bias = torch.cat([_bias(attn.q_proj), _bias(attn.k_proj), _bias(attn.v_proj)])
                 qkv_w = torch.cat([_effective_weight(m) for m in (attn.q_proj, attn.k_proj, attn.v_proj)])
-                qkv = packed_matmul(qkv_w)
-                if qkv_bias is not None:
-                    qkv = (lambda f, b: (lambda x: f(x) + b))(qkv, qkv_bias)
+                qkv = packed_matmul(qkv_w, qkv_bias)
                 self.layers.append(
                     _Layer(
                         norm_in=_rms_norm(layer.input_layernorm),
@@ -150,12 +148,13 @@ class FastDecoder:
                     )
                 )
         self.intermediate = config.intermediate_size
+        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+        self.apply_rope = apply_rotary_pos_emb  # the same function Mistral and Qwen2/3 use
 
     # -- one step -----------------------------------------------------------------------------
     def _step(self, tokens: torch.Tensor, positions: torch.Tensor, keys, values, column: int, bias: torch.Tensor):
         """Logits for one new token per row; writes its keys/values at ``column`` of the buffers."""
-        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
-
         batch = tokens.shape[0]
         h, kv, d = self.num_heads, self.num_kv_heads, self.head_dim
         x = self.embed(tokens)  # (B, H)
@@ -167,7 +166,7 @@ class FastDecoder:
             q = qkv[:, : h * d].view(batch, h, 1, d)
             k = qkv[:, h * d : (h + kv) * d].view(batch, kv, 1, d)
             v = qkv[:, (h + kv) * d :].view(batch, kv, 1, d)
-            q, k = apply_rotary_pos_emb(q, k, cos, sin)
+            q, k = self.apply_rope(q, k, cos, sin)
             k_buf[:, :, column : column + 1] = k
             v_buf[:, :, column : column + 1] = v
             # Grouped-query attention without expanding the key/value heads: the query heads of

@@ -18,14 +18,19 @@ import torch
 
 from debate_lightning.models.base import Chat, Generation, Generator, SamplingParams
 from debate_lightning.models.decode import FastDecoder, Sampler
-from debate_lightning.models.packed_linear import pack_frozen_linears
 from debate_lightning.models.embedded import EMBEDDED, resolve
+from debate_lightning.models.packed_linear import pack_frozen_linears
 
 def _cache_kwarg() -> str:
     """transformers renamed ``past_key_values`` to ``cache`` (5.2x); use whichever this one has."""
     from transformers.modeling_outputs import CausalLMOutputWithPast
 
     return "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+
+def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
+    """Position ids of left-padded rows: each real token keeps its position in the unpadded row."""
+    return (mask.cumsum(-1) - 1).clamp(min=0)
 
 
 DTYPES = {
@@ -182,10 +187,9 @@ class HFGenerator(Generator):
         """
         order = sorted(range(len(lengths)), key=lambda i: lengths[i])
         chunk: list[int] = []
-        for i in order:
-            widest = max(lengths[i], max((lengths[j] for j in chunk), default=0))
+        for i in order:  # ascending: row i is the widest of the chunk it joins
             full = len(chunk) >= self.max_batch_size or (
-                token_budget is not None and chunk and widest * (len(chunk) + 1) > token_budget
+                token_budget is not None and chunk and lengths[i] * (len(chunk) + 1) > token_budget
             )
             if full:
                 yield chunk
@@ -193,6 +197,10 @@ class HFGenerator(Generator):
             chunk.append(i)
         if chunk:
             yield chunk
+
+    def score_chunks(self, lengths: Sequence[int]) -> Iterator[list[int]]:
+        """Chunks for teacher-forced scoring passes (prefill only): also bounded by ``score_token_budget``."""
+        return self._chunks(lengths, self.score_token_budget)
 
     # -- generation ---------------------------------------------------------------------------
     def generate(self, chats: Sequence[Chat], params: SamplingParams) -> list[Generation]:
@@ -312,7 +320,7 @@ class HFGenerator(Generator):
         if self._decoder is None:
             self._decoder = FastDecoder(self.model)
         cached = cache.get_seq_length() if cache is not None else 0
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        positions = positions_from_mask(mask)
         kwargs = {_cache_kwarg(): cache} if cache is not None else {}
         out = self.model(
             input_ids=ids[:, cached:],
@@ -404,7 +412,7 @@ class HFGenerator(Generator):
         out: list[float] = [0.0] * len(prompts)
         seqs = [list(p) + list(c) for p, c in zip(prompts, continuations)]
         with eval_mode(self.model):
-            for chunk in self._chunks([len(s) for s in seqs], self.score_token_budget):
+            for chunk in self.score_chunks([len(s) for s in seqs]):
                 ids, mask = self._left_pad([seqs[i] for i in chunk])
                 logprobs = self._forward_logprobs(ids, mask)
                 width = ids.shape[1]
@@ -427,7 +435,7 @@ class HFGenerator(Generator):
         prompts = [self.prompt_ids(c) for c in chats]
         out: list[list[float]] = [[] for _ in prompts]
         with eval_mode(self.model):
-            for chunk in self._chunks([len(p) for p in prompts], self.score_token_budget):
+            for chunk in self.score_chunks([len(p) for p in prompts]):
                 ids, mask = self._left_pad([prompts[i] for i in chunk])
                 last = self._forward_logprobs(ids, mask, last_only=True)
                 for row, i in enumerate(chunk):
@@ -436,7 +444,7 @@ class HFGenerator(Generator):
 
     def _forward_logprobs(self, ids: torch.Tensor, mask: torch.Tensor, last_only: bool = False) -> torch.Tensor:
         self.stats["forward_batches"] += 1
-        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+        position_ids = positions_from_mask(mask)
         kwargs = {"logits_to_keep": 1} if last_only else {}
         logits = self.model(input_ids=ids, attention_mask=mask, position_ids=position_ids, **kwargs).logits
         if last_only:

@@ -38,10 +38,16 @@ def available() -> bool:
         return False
     try:
         weight, x = torch.randn(48, 40), torch.randn(5, 40)
-        got = _run(x, torch.ops.mkldnn._reorder_linear_weight(weight, None), None)
+        got = _run(x, _pack(weight), None)
     except (RuntimeError, AttributeError):
         return False
     return torch.allclose(got, F.linear(x, weight), rtol=1e-4, atol=1e-4)
+
+
+def _pack(weight: torch.Tensor) -> torch.Tensor:
+    """``weight`` (out, in) reordered once into oneDNN's blocked layout."""
+    with torch.no_grad():
+        return torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), None)
 
 
 def _run(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -52,13 +58,14 @@ def _packable(t: torch.Tensor | None) -> bool:
     return t is None or (t.dtype == torch.float32 and t.device.type == "cpu" and type(t.data) is torch.Tensor)
 
 
-def packed_matmul(weight: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``x -> x @ weight.T`` with ``weight`` packed now (for weights that never change), or F.linear."""
+def packed_matmul(weight: torch.Tensor, bias: torch.Tensor | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``x -> x @ weight.T + bias`` with ``weight`` packed now (for weights that never change), or F.linear."""
     weight = weight.detach()
-    if available() and _packable(weight):
-        packed = torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), None)
-        return lambda x: _run(x, packed, None)
-    return lambda x: F.linear(x, weight)
+    bias = None if bias is None else bias.detach()
+    if available() and _packable(weight) and _packable(bias):
+        packed = _pack(weight)
+        return lambda x: _run(x, packed, bias)
+    return lambda x: F.linear(x, weight, bias)
 
 
 # module -> (weight key, packed W, packed W^T or None); outside the module so copies never carry it
@@ -90,12 +97,10 @@ class PackedLinear(torch.nn.Linear):
         entry = _PACKED.get(self)
         key = _key(self.weight)
         if entry is None or entry[0] != key:
-            with torch.no_grad():
-                entry = [key, torch.ops.mkldnn._reorder_linear_weight(self.weight.detach().contiguous(), None), None]
+            entry = [key, _pack(self.weight), None]
             _PACKED[self] = entry
         if transpose and entry[2] is None:
-            with torch.no_grad():
-                entry[2] = torch.ops.mkldnn._reorder_linear_weight(self.weight.detach().t().contiguous(), None)
+            entry[2] = _pack(self.weight.t())
         return entry[2] if transpose else entry[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
