@@ -378,10 +378,21 @@ class ServeServer(ThreadingHTTPServer):
         host, port = self.server_address[:2]
         return f"http://{host}:{port}/v1"
 
+    def start(self) -> ServeServer:
+        """Serve from a background thread (tests, notebooks); ``close()`` stops and joins it."""
+        self._serving = threading.Thread(target=self.serve_forever, name="serve-http", daemon=True)
+        self._serving.start()
+        return self
+
     def close(self) -> None:
         self.shutdown()
         self.server_close()
         self.batcher.close()
+        # Join the serving thread: left to finish on its own, it may drop the last reference to
+        # the model (and free its tensors) while the interpreter is shutting down, which aborts.
+        serving = getattr(self, "_serving", None)
+        if serving is not None:
+            serving.join(timeout=30)
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -505,7 +516,8 @@ def make_server(
 ) -> ServeServer:
     """A ready (not yet serving) server; ``port=0`` picks a free port, see ``server.url``.
 
-    Run it with ``server.serve_forever()`` (e.g. in a thread) and stop it with ``server.close()``.
+    Run it with ``server.serve_forever()``, or ``server.start()`` for a background thread, and stop
+    it with ``server.close()``.
     """
     batcher = Batcher(generator, max_batch_size=max_batch_size, window=batch_window)
     try:

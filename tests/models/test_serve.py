@@ -10,7 +10,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -70,9 +69,7 @@ def local(tiny_dir):
 
 
 def start(generator: Generator, **kwargs):
-    server = make_server(generator, port=0, model_name=MODEL, **kwargs)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
+    return make_server(generator, port=0, model_name=MODEL, **kwargs).start()
 
 
 @pytest.fixture(scope="module")
@@ -285,8 +282,7 @@ def test_embedded_model_served_judges_like_the_local_one(monkeypatch):
     from debate_lightning.models.hf import HFGenerator
 
     local_model = HFGenerator("embedded", dtype="float32", name="smollm2")  # make setup installs it
-    s = make_server(local_model, port=0, model_name="smollm2")
-    threading.Thread(target=s.serve_forever, daemon=True).start()
+    s = make_server(local_model, port=0, model_name="smollm2").start()
     try:
         monkeypatch.setenv("OPENAI_API_KEY", "sk-local-test")
         served = OpenAIGenerator("smollm2", base_url=s.url, max_retries=0)
