@@ -393,6 +393,9 @@ class ServeServer(ThreadingHTTPServer):
         serving = getattr(self, "_serving", None)
         if serving is not None:
             serving.join(timeout=30)
+        # Handler threads of idle keep-alive connections outlive close() (they wait on their
+        # socket) and would hold the model through this server: let them hold nothing.
+        self.generator = self.batcher.generator = None
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -457,6 +460,8 @@ class Handler(BaseHTTPRequestHandler):
                     raise APIError(405, f"use GET for {route}", code="method_not_allowed")
                 raise APIError(404, f"unknown route POST {route}", code="not_found")
             req = parse_completion_request(body, self.server.model_name)
+            if self.server.generator is None:
+                raise APIError(503, "server is shutting down", type_="server_error")
             if req.logprobs:
                 _hf(self.server.generator)  # 400 before queueing if this model cannot give log-probs
             try:
