@@ -78,9 +78,17 @@ class Transcript:
         return "\n\n".join(entries)
 
     def debater_chat(self, side: int, prompts: PromptSet) -> Chat:
-        """The chat a debater on ``side`` answers with its next speech."""
+        """The chat a debater on ``side`` answers with its next speech.
+
+        With a ``debater_next_turn`` template (the built-in sets have one) the chat is multi-turn:
+        the debater's own speeches are its assistant messages, and each user message brings what
+        it saw since its last speech. Each turn's chat then extends the previous one, so a backend
+        that keeps KV caches (``HFGenerator``) prefills only the new messages. Without it, one
+        user message (``debater_turn``) holds the whole transcript.
+        """
         q, fmt = self.question, self.format
-        own_speeches = sum(1 for s in self.speeches if s.side == side)
+        visible = self.visible_to(side)
+        own = [s for s in visible if s.side == side]
         fields = dict(
             name=role_name(fmt, side),
             opponent=role_name(fmt, 1 - side),
@@ -88,15 +96,25 @@ class Transcript:
             opponent_position=q.positions[1 - side],
             question=q.question,
             story=q.story,
-            transcript=self._render_speeches(prompts, self.visible_to(side), swap=False, for_judge=False),
             num_speeches=fmt.num_speeches,
-            speech_number=own_speeches + 1,
             word_limit=fmt.word_limit,
         )
-        return [
-            {"role": "system", "content": prompts.render("debater_system", **fields)},
-            {"role": "user", "content": prompts.render("debater_turn", **fields)},
-        ]
+        chat = [{"role": "system", "content": prompts.render("debater_system", **fields)}]
+        if not prompts.has("debater_next_turn"):
+            transcript = self._render_speeches(prompts, visible, swap=False, for_judge=False)
+            user = prompts.render("debater_turn", **fields, transcript=transcript, speech_number=len(own) + 1)
+            return [*chat, {"role": "user", "content": user}]
+        shown = 0  # others' speeches are shown in order; one by another side is seen from the next step on
+        others = [s for s in visible if s.side != side]
+        for number, speech in enumerate([*own, None], start=1):
+            seen = len(others) if speech is None else sum(1 for s in others if s.step < speech.step)
+            transcript = self._render_speeches(prompts, others[shown:seen], swap=False, for_judge=False)
+            shown = seen
+            template = "debater_turn" if number == 1 else "debater_next_turn"
+            chat.append({"role": "user", "content": prompts.render(template, **fields, transcript=transcript, speech_number=number)})
+            if speech is not None:
+                chat.append({"role": "assistant", "content": speech.text})
+        return chat
 
     def judge_chat(self, prompts: PromptSet, swap: bool = False) -> Chat:
         """The judge's chat. ``swap`` presents position B as answer A (to cancel position bias)."""

@@ -193,13 +193,14 @@ class FastDecoder:
         eos_ids: Sequence[int],
         pad_id: int,
         want_scores: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    ) -> Decoded:
         """New tokens (B, n) after prefilled, left-padded prompts; with ``want_scores`` also the
         processed logits of every step (B, n, V), as ``generate(output_scores=True)`` returns them.
 
         ``prompt_keys[l]``/``prompt_values[l]`` are layer l's (B, kv_heads, W, D) prompt cache,
         ``mask`` the (B, W) prompt mask, ``first_logits`` the (B, V) logits after the prompt.
-        Finished rows continue with ``pad_id`` (ignored) until every row is done.
+        Finished rows continue with ``pad_id`` (ignored) until every row is done. The returned
+        key/value buffers hold the prompt (columns < W) and every new token but the last.
         """
         batch, width = mask.shape
         total = width + max_new_tokens
@@ -234,8 +235,20 @@ class FastDecoder:
             logits = self._step(token, positions, keys, values, width + step, bias)
             positions = positions + 1
         if scores is not None:
-            return out[:, :n], (torch.stack(scores, dim=1) if scores else logits.new_zeros(batch, 0, logits.shape[-1]))
-        return out[:, :n], None
+            stacked = torch.stack(scores, dim=1) if scores else logits.new_zeros(batch, 0, logits.shape[-1])
+        return Decoded(out[:, :n], stacked if scores is not None else None, keys, values)
+
+
+@dataclass
+class Decoded:
+    """What ``FastDecoder.decode`` returns: new tokens (B, n), processed logits (B, n, V) if asked
+    for, and per layer the (B, kv_heads, W + n', D) key/value buffers, whose columns W .. W+n-2
+    hold new tokens 0 .. n-2 (the last token was sampled but never fed back)."""
+
+    tokens: torch.Tensor
+    scores: torch.Tensor | None
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
 
 
 @dataclass
@@ -271,6 +284,12 @@ class Sampler:
         return logits
 
     def choose(self, processed: torch.Tensor) -> torch.Tensor:
+        """One token per row, drawn from softmax(processed) by the inverse CDF: one uniform number
+        per row. (``torch.multinomial`` draws as if from a whole row of random numbers on the CPU:
+        ~25 ms a step at batch 16 over a 49k vocabulary, against ~2 ms here.) A token of zero
+        probability adds nothing to the CDF, so the first entry above ``u`` is never one."""
         if self.greedy:
             return processed.argmax(-1)
-        return torch.multinomial(processed.softmax(-1), 1).squeeze(-1)
+        cdf = processed.softmax(-1).cumsum(-1, dtype=torch.float64)
+        u = torch.rand(cdf.shape[0], 1, dtype=torch.float64, device=cdf.device) * cdf[:, -1:]
+        return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_(max=cdf.shape[-1] - 1)

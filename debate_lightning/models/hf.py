@@ -14,6 +14,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from debate_lightning.models.base import Chat, Generation, Generator, SamplingParams
@@ -119,6 +120,7 @@ class HFGenerator(Generator):
         tokenizer: Any = None,
         prefix_cache: bool = True,
         prefix_cache_size: int = 64,
+        prefix_cache_gb: float = 4.0,
         lean_decode: bool = True,
         packed_linear: bool = True,
         score_token_budget: int = 1024,
@@ -138,8 +140,11 @@ class HFGenerator(Generator):
         self.score_token_budget = score_token_budget
         self.name = name or (Path(path).name if path != EMBEDDED else "smollm2-135m")
         self.eos_ids = self._eos_ids()
-        self.stats = {"generate_calls": 0, "generated_sequences": 0, "forward_batches": 0, "prefix_hits": 0, "prefix_misses": 0}
-        self.prefixes = PrefixCache(prefix_cache_size) if prefix_cache else None
+        self.stats = {
+            "generate_calls": 0, "generated_sequences": 0, "forward_batches": 0,
+            "prefix_hits": 0, "prefix_misses": 0, "reused_tokens": 0,
+        }  # fmt: skip
+        self.prefixes = PrefixCache(prefix_cache_size, int(prefix_cache_gb * 2**30)) if prefix_cache else None
         # A wrapped live model may change its weights between calls (training): keep its prefix
         # KV only within one call. A model we loaded ourselves is frozen, so its cache persists.
         self.live_model = live
@@ -257,11 +262,14 @@ class HFGenerator(Generator):
         want_scores = params.logprobs or params.top_logprobs > 0
         start = time.perf_counter()
         if self.lean_decode:
-            new_ids, scores = self._lean_generate(ids, mask, cache, params, want_scores)
+            decoded = self._lean_generate(ids, mask, cache, params, want_scores)
+            new_ids, scores = decoded.tokens, decoded.scores
         else:
             new_ids, scores = self._hf_generate(ids, mask, cache, params, want_scores)
         elapsed = time.perf_counter() - start
         new = new_ids.tolist()
+        if self.lean_decode and prefix_lens and not self.live_model:
+            self._keep_rows(prompts, new, mask, decoded)
         # scores are the processed logits (temperature etc. applied), one row per step.
         step_logprobs = scores.float().log_softmax(-1) if scores is not None else None
         gens = []
@@ -350,8 +358,26 @@ class HFGenerator(Generator):
             want_scores,
         )
 
+    def _keep_rows(self, prompts: Sequence[Sequence[int]], new: list[list[int]], mask: torch.Tensor, decoded) -> None:
+        """Keep each row's prompt + new tokens with their KV, for the row's next turn.
+
+        A multi-turn chat's next prompt starts with this one and the speech just written
+        (``prompts/debate.yaml``), so the next turn prefills only what is new: the opponent's reply.
+        """
+        assert self.prefixes is not None
+        steps = decoded.tokens.shape[1] - 1  # the last sampled token has no KV
+        width = mask.shape[1]
+        for row, tokens in enumerate(new):
+            end = next((j + 1 for j, t in enumerate(tokens) if t in self.eos_ids), len(tokens))
+            keep = min(end, steps)
+            columns = torch.cat([mask[row].nonzero().squeeze(1), torch.arange(width, width + keep, device=mask.device)])
+            kv = [(k[row : row + 1, :, columns], v[row : row + 1, :, columns]) for k, v in zip(decoded.keys, decoded.values)]
+            self.prefixes.put(tuple(prompts[row]) + tuple(tokens[:keep]), kv)
+
     def _prefixed_batch(self, prompts: Sequence[Sequence[int]], prefix_lens: Sequence[int]):
-        """Ids, mask and a KV cache for prompts whose first ``prefix_lens[i]`` tokens are cached.
+        """Ids, mask and a KV cache for prompts whose first ``prefix_lens[i]`` tokens (at least)
+        are cached: the longest cached prefix of each prompt is used, and a missing one of
+        exactly ``prefix_lens[i]`` tokens (the system message) is computed once and kept.
 
         Row layout: ``[pad | prefix | pad | suffix]``. The cache covers the first block (prefixes
         left-padded to the longest); generate() then runs only the suffix block. Padding inside the
@@ -360,9 +386,20 @@ class HFGenerator(Generator):
         """
         from transformers import DynamicCache
 
-        prefixes = [tuple(p[:n]) for p, n in zip(prompts, prefix_lens)]
-        suffixes = [list(p[n:]) for p, n in zip(prompts, prefix_lens)]
-        kvs = [self._prefix_kv(pre) for pre in prefixes]
+        assert self.prefixes is not None
+        kvs, cut = [], []
+        for p, n in zip(prompts, prefix_lens):
+            reused, kv = self.prefixes.longest(p, limit=len(p) - 1)  # the last token is prefilled: its logits start decoding
+            if reused < n:
+                reused, kv = n, self._prefix_kv(tuple(p[:n]))
+            else:
+                self.stats["prefix_hits"] += 1
+                kv = [(k[:, :, :reused], v[:, :, :reused]) for k, v in kv]
+            self.stats["reused_tokens"] += reused
+            kvs.append(kv)
+            cut.append(reused)
+        prefixes = [tuple(p[:n]) for p, n in zip(prompts, cut)]
+        suffixes = [list(p[n:]) for p, n in zip(prompts, cut)]
         width_p = max(len(p) for p in prefixes)
         width_s = max(len(s) for s in suffixes)
         batch = len(prompts)
@@ -386,12 +423,8 @@ class HFGenerator(Generator):
         return ids.to(self.device), mask.to(self.device), cache
 
     def _prefix_kv(self, prefix: tuple[int, ...]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Per-layer (key, value) of one prefix at batch 1, computed once and kept in an LRU."""
+        """Per-layer (key, value) of one prefix at batch 1, computed and kept in the LRU."""
         assert self.prefixes is not None
-        kv = self.prefixes.get(prefix)
-        if kv is not None:
-            self.stats["prefix_hits"] += 1
-            return kv
         self.stats["prefix_misses"] += 1
         ids = torch.tensor([prefix], device=self.device)
         out = self.model(input_ids=ids, use_cache=True, logits_to_keep=1)
@@ -458,30 +491,64 @@ def _apply_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
 
 
 class PrefixCache:
-    """A small LRU of prefix KV caches, keyed by the prefix's token ids.
+    """An LRU of KV caches of token sequences, looked up by longest common prefix.
 
-    Keys are whole token tuples (not hashes): a collision would silently corrupt generations.
-    Clear it whenever the model's weights change (a training policy does, every step).
+    It holds the stories' system messages (computed once per story) and, after lean decoding,
+    every generated row (prompt + speech), so a multi-turn chat's next turn only prefills the new
+    messages. An entry that a newer one extends is dropped (the newer one serves it). Bounded by
+    ``size`` entries and ``max_bytes`` of tensors. Entries are whole token sequences, compared
+    token by token: a hash collision would silently corrupt generations. Clear it whenever the
+    model's weights change (a training policy does, every step).
     """
 
-    def __init__(self, size: int):
-        self.size = size
-        self._items: OrderedDict[tuple[int, ...], list] = OrderedDict()
+    def __init__(self, size: int, max_bytes: int = 4 * 2**30):
+        self.size, self.max_bytes = size, max_bytes
+        self._items: OrderedDict[tuple[int, ...], tuple[np.ndarray, list, int]] = OrderedDict()
+        self.bytes = 0
 
     def get(self, key: tuple[int, ...]):
         item = self._items.get(key)
-        if item is not None:
-            self._items.move_to_end(key)
-        return item
+        if item is None:
+            return None
+        self._items.move_to_end(key)
+        return item[1]
+
+    def longest(self, tokens: Sequence[int], limit: int | None = None) -> tuple[int, list | None]:
+        """(n, kv) of the entry sharing the longest prefix with ``tokens`` (at most ``limit``):
+        its first n tokens are ``tokens[:n]``; slice its KV to n before use."""
+        query = np.asarray(tokens[: len(tokens) if limit is None else limit], dtype=np.int64)
+        best, best_key = 0, None
+        for key, (arr, _, _) in self._items.items():
+            m = min(len(arr), len(query))
+            if m <= best:
+                continue
+            differ = np.flatnonzero(arr[:m] != query[:m])
+            n = int(differ[0]) if differ.size else m
+            if n > best:
+                best, best_key = n, key
+        if best_key is None:
+            return 0, None
+        self._items.move_to_end(best_key)
+        return best, self._items[best_key][1]
 
     def put(self, key: tuple[int, ...], value: list) -> None:
-        self._items[key] = value
-        self._items.move_to_end(key)
-        while len(self._items) > self.size:
-            self._items.popitem(last=False)
+        arr = np.asarray(key, dtype=np.int64)
+        for old in [k for k in self._items if len(k) < len(key) and k == key[: len(k)]]:
+            self._drop(old)
+        if key in self._items:
+            self._drop(key)
+        nbytes = sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in value)
+        self._items[key] = (arr, value, nbytes)
+        self.bytes += nbytes
+        while len(self._items) > self.size or (self.bytes > self.max_bytes and len(self._items) > 1):
+            self._drop(next(iter(self._items)))
+
+    def _drop(self, key: tuple[int, ...]) -> None:
+        self.bytes -= self._items.pop(key)[2]
 
     def clear(self) -> None:
         self._items.clear()
+        self.bytes = 0
 
     def __len__(self) -> int:
         return len(self._items)

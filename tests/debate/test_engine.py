@@ -63,8 +63,12 @@ def test_simultaneous_speakers_are_blind_to_each_other(questions):
     first_step_chats = echo.calls[0]
     assert all("speech-" not in chat[-1]["content"] for chat in first_step_chats)
     second = echo.calls[1]
-    # At step 2 each side sees both step-1 speeches (A's and B's), nothing from step 2.
-    assert all("speech-A-1" in c[-1]["content"] and "speech-B-1" in c[-1]["content"] for c in second)
+    # At step 2 each side sees both step-1 speeches (A's and B's), nothing from step 2: its own
+    # as its earlier (assistant) message, the other's in the new user message.
+    seen = ["\n".join(m["content"] for m in c[1:]) for c in second]
+    assert all("speech-A-1" in text and "speech-B-1" in text for text in seen)
+    assert all(c[-2]["role"] == "assistant" and c[-2]["content"].startswith("speech-") for c in second)
+    assert all(c[-2]["content"] not in c[-1]["content"] for c in second)
 
 
 def test_result_fields_and_judge_probability(questions):

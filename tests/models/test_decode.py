@@ -97,11 +97,17 @@ def test_sampler_processing_equals_transformers_warpers():
 
 def test_sampling_distribution_follows_processed_logits():
     torch.manual_seed(1)
-    probs = torch.tensor([[0.6, 0.3, 0.1]]).repeat(4000, 1)
+    # zero-probability tokens first, in the middle and last (masked by top-k/top-p or min length)
+    probs = torch.tensor([[0.0, 0.6, 0.0, 0.3, 0.1, 0.0]]).repeat(20000, 1)
     sampler = Sampler(temperature=1.0)
     draws = sampler.choose(sampler.process(probs.log(), step=0, eos=torch.tensor([5])))
-    freq = torch.bincount(draws, minlength=3).float() / len(draws)
-    torch.testing.assert_close(freq, torch.tensor([0.6, 0.3, 0.1]), atol=0.03, rtol=0)
+    freq = torch.bincount(draws, minlength=6).float() / len(draws)
+    torch.testing.assert_close(freq, probs[0], atol=0.01, rtol=0)
+    assert freq[[0, 2, 5]].sum() == 0
+    # temperature sharpens the same distribution
+    cold = Sampler(temperature=0.5).process(probs.log(), step=0, eos=torch.tensor([5]))
+    freq = torch.bincount(Sampler(temperature=0.5).choose(cold), minlength=6).float() / len(draws)
+    torch.testing.assert_close(freq, probs[0] ** 2 / (probs[0] ** 2).sum(), atol=0.01, rtol=0)
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ import torch
 
 from debate_lightning.debate.agents import Judge
 from debate_lightning.models.base import SamplingParams, normalize
-from debate_lightning.models.hf import HFGenerator, eval_mode
+from debate_lightning.models.hf import HFGenerator, PrefixCache, eval_mode
 
 CHATS = [
     [{"role": "user", "content": "Which is bigger, a cat or a mouse?"}],
@@ -123,6 +123,52 @@ def test_prefix_cache_equals_uncached_generation(tiny_model_dir, questions):
     again = cached.generate(chats, params)
     assert [g.token_ids for g in again] == [g.token_ids for g in a]
     assert cached.stats["prefix_misses"] == len({q.story for q in questions})
+
+
+def test_next_turn_prefills_only_what_is_new(tiny_model_dir, questions):
+    """A debater's next chat extends its last prompt + speech: the KV kept after decoding serves
+    all of that prompt (and the speech, as far as it re-tokenises the same), and the
+    generations still equal uncached ones."""
+    from debate_lightning.debate.agents import prompts_for
+    from debate_lightning.debate.formats import Format
+    from debate_lightning.debate.transcript import Speech, Transcript
+
+    cached = HFGenerator(path=str(tiny_model_dir), dtype="float32", max_batch_size=4)
+    plain = HFGenerator(path=str(tiny_model_dir), dtype="float32", max_batch_size=4, prefix_cache=False)
+    assert cached.lean_decode
+    fmt = Format(kind="debate", num_speeches=2)
+    transcripts = [Transcript(q, fmt) for q in questions[:3]]
+    params = SamplingParams(max_new_tokens=6, min_new_tokens=6, temperature=0.0, logprobs=True)
+    last_prompts: dict[int, list[list[int]]] = {}  # side -> its prompt token ids of its last turn, per round
+    for step, (side,) in enumerate(fmt.steps()):
+        chats = [tr.debater_chat(side, prompts_for(fmt)) for tr in transcripts]
+        prompts = [cached.prompt_ids(c) for c in chats]
+        reused = cached.stats["reused_tokens"]
+        a, b = cached.generate(chats, params), plain.generate(chats, params)
+        assert [g.token_ids for g in a] == [g.token_ids for g in b]
+        assert [g.logprob for g in a] == pytest.approx([g.logprob for g in b], abs=1e-3)
+        if side in last_prompts:
+            assert all(p[: len(before)] == before for p, before in zip(prompts, last_prompts[side]))
+            assert cached.stats["reused_tokens"] - reused >= sum(len(before) for before in last_prompts[side])
+        last_prompts[side] = prompts
+        for tr, g in zip(transcripts, a):
+            tr.speeches.append(Speech(side, step, g.text))
+    assert cached.prefixes.bytes > 0
+
+
+def test_prefix_cache_longest_match_replacement_and_byte_bound():
+    kv = lambda n: [(torch.zeros(1, 1, n, 2), torch.zeros(1, 1, n, 2))]  # noqa: E731 - 16 bytes per token and layer
+    cache = PrefixCache(size=8, max_bytes=16 * 12)
+    cache.put((1, 2, 3), kv(3))
+    cache.put((1, 2, 3, 4, 5), kv(5))  # extends the first entry, which it replaces
+    assert len(cache) == 1 and cache.bytes == 16 * 5
+    assert cache.longest([1, 2, 3, 4, 9])[0] == 4
+    assert cache.longest([1, 2, 3, 4, 5, 6], limit=3)[0] == 3
+    assert cache.longest([7, 1, 2]) == (0, None)
+    cache.put((7, 8, 9, 10), kv(4))
+    assert len(cache) == 2 and cache.longest([7, 8, 0])[0] == 2
+    cache.put((5, 5, 5, 5, 5), kv(5))  # 14 tokens > 12: the least recently used entry goes
+    assert len(cache) == 2 and cache.longest([1, 2, 3])[0] == 0 and cache.bytes == 16 * 9
 
 
 def test_live_model_prefix_cache_does_not_outlive_a_call(tiny_generator):
