@@ -153,15 +153,19 @@ class FastDecoder:
         self.apply_rope = apply_rotary_pos_emb  # the same function Mistral and Qwen2/3 use
 
     # -- one step -----------------------------------------------------------------------------
-    def _step(self, tokens: torch.Tensor, positions: torch.Tensor, keys, values, column: int, bias: torch.Tensor):
-        """Logits for one new token per row; writes its keys/values at ``column`` of the buffers."""
+    def _step(self, tokens: torch.Tensor, positions: torch.Tensor, keys, values, column: int, bias: torch.Tensor, shared=None):
+        """Logits for one new token per row; writes its keys/values at ``column`` of the buffers.
+
+        ``shared[l]`` (optional) lists layer l's shared prefixes as ``(start, end, K, V)``: rows
+        start..end-1 also attend to K/V (kv_heads, S, D), which are not in their own buffers.
+        """
         batch = tokens.shape[0]
         h, kv, d = self.num_heads, self.num_kv_heads, self.head_dim
         x = self.embed(tokens)  # (B, H)
         cos, sin = self.rotary(x, positions[:, None])  # (B, 1, D)
         scale = 1.0 / math.sqrt(d)
         width = column + 1
-        for layer, k_buf, v_buf in zip(self.layers, keys, values):
+        for index, (layer, k_buf, v_buf) in enumerate(zip(self.layers, keys, values)):
             qkv = layer.qkv(layer.norm_in(x))
             q = qkv[:, : h * d].view(batch, h, 1, d)
             k = qkv[:, h * d : (h + kv) * d].view(batch, kv, 1, d)
@@ -172,10 +176,12 @@ class FastDecoder:
             # Grouped-query attention without expanding the key/value heads: the query heads of
             # one kv head (HF's repeat_kv maps head i to kv head i // groups) form its rows.
             qg = q.view(batch, kv, h // kv, d)
-            scores = torch.matmul(qg, k_buf[:, :, :width].transpose(-1, -2)) * scale
-            probs = torch.softmax(scores + bias[:, None, None, :width], dim=-1)
-            attn = torch.matmul(probs, v_buf[:, :, :width]).reshape(batch, h * d)
-            x = x + layer.o(attn)
+            scores = torch.matmul(qg, k_buf[:, :, :width].transpose(-1, -2)).mul_(scale).add_(bias[:, None, None, :width])
+            if shared is None:
+                attn = torch.matmul(torch.softmax(scores, dim=-1), v_buf[:, :, :width])
+            else:
+                attn = _cascade(qg, scores, v_buf[:, :, :width], shared[index], scale)
+            x = x + layer.o(attn.reshape(batch, h * d))
             gate, up = layer.gate_up(layer.norm_post(x)).split(self.intermediate, dim=-1)
             x = x + layer.down(F.silu(gate) * up)
         return self.lm_head(self.norm(x)).float()
@@ -193,27 +199,40 @@ class FastDecoder:
         eos_ids: Sequence[int],
         pad_id: int,
         want_scores: bool = False,
+        shared: Sequence[tuple[Sequence[int], int]] | None = None,
     ) -> Decoded:
         """New tokens (B, n) after prefilled, left-padded prompts; with ``want_scores`` also the
         processed logits of every step (B, n, V), as ``generate(output_scores=True)`` returns them.
 
         ``prompt_keys[l]``/``prompt_values[l]`` are layer l's (B, kv_heads, W, D) prompt cache,
         ``mask`` the (B, W) prompt mask, ``first_logits`` the (B, V) logits after the prompt.
-        Finished rows continue with ``pad_id`` (ignored) until every row is done. The returned
-        key/value buffers hold the prompt (columns < W) and every new token but the last.
+        Finished rows continue with ``pad_id`` (ignored) until every row is done.
+
+        ``shared`` lists groups of rows whose first n real prompt tokens are the same (a story's
+        system message): ``[(rows, n), ...]``. Each group's prefix keys/values are then kept once
+        and read once per step for all its rows (cascade attention: the softmaxes over the shared
+        and the per-row part are merged by their log-sum-exp) instead of once per row.
         """
-        batch, width = mask.shape
+        batch = mask.shape[0]
+        groups = _worth_sharing(shared, batch)
+        if groups is None:
+            layout = _Layout.plain(mask)
+        else:
+            layout = _Layout.cascade(mask, groups)
+            mask, first_logits = mask[layout.order], first_logits[layout.order]
+        width = layout.width
         total = width + max_new_tokens
-        keys, values = [], []
+        keys, values, shared_kv = [], [], []
         for k, v in zip(prompt_keys, prompt_values):
             k_buf = k.new_empty(batch, k.shape[1], total, k.shape[3])
             v_buf = v.new_empty(batch, v.shape[1], total, v.shape[3])
-            k_buf[:, :, :width] = k
-            v_buf[:, :, :width] = v
+            k_buf[:, :, :width] = layout.gather(k)
+            v_buf[:, :, :width] = layout.gather(v)
             keys.append(k_buf)
             values.append(v_buf)
+            shared_kv.append(layout.shared(k, v))
         bias = torch.zeros(batch, total, dtype=keys[0].dtype, device=mask.device)
-        bias[:, :width].masked_fill_(mask == 0, torch.finfo(bias.dtype).min)
+        bias[:, :width].masked_fill_(layout.mask == 0, torch.finfo(bias.dtype).min)
         positions = mask.sum(-1)
         eos = torch.tensor(list(eos_ids), device=mask.device)
         done = torch.zeros(batch, dtype=torch.bool, device=mask.device)
@@ -232,23 +251,141 @@ class FastDecoder:
             done |= torch.isin(token, eos)
             if bool(done.all()) or step == max_new_tokens - 1:
                 break
-            logits = self._step(token, positions, keys, values, width + step, bias)
+            logits = self._step(token, positions, keys, values, width + step, bias, None if groups is None else shared_kv)
             positions = positions + 1
+        stacked = None
         if scores is not None:
             stacked = torch.stack(scores, dim=1) if scores else logits.new_zeros(batch, 0, logits.shape[-1])
-        return Decoded(out[:, :n], stacked if scores is not None else None, keys, values)
+        unsort = layout.unsort
+        return Decoded(out[:, :n][unsort], None if stacked is None else stacked[unsort], keys, values, shared_kv, layout)
+
+
+def _cascade(qg: torch.Tensor, scores: torch.Tensor, values: torch.Tensor, shared, scale: float) -> torch.Tensor:
+    """Attention over each row's own keys (``scores`` against ``values``) and its group's shared
+    prefix, merged exactly: the softmax over both = each part's sums rescaled to one maximum."""
+    top = scores.amax(-1, keepdim=True)
+    weights = (scores - top).exp_()
+    total = weights.sum(-1, keepdim=True)
+    out = torch.matmul(weights, values)
+    kv, heads = qg.shape[1], qg.shape[2]
+    for start, end, k_s, v_s in shared:
+        n = end - start
+        # every query row of the group against the shared keys in one matmul per kv head
+        q_s = qg[start:end].transpose(0, 1).reshape(kv, n * heads, -1)
+        s_s = torch.matmul(q_s, k_s.transpose(-1, -2)).mul_(scale)
+        top_s = s_s.amax(-1, keepdim=True)
+        w_s = (s_s - top_s).exp_()
+        total_s = w_s.sum(-1, keepdim=True).view(kv, n, heads, 1).transpose(0, 1)
+        out_s = torch.matmul(w_s, v_s).view(kv, n, heads, -1).transpose(0, 1)
+        top_s = top_s.view(kv, n, heads, 1).transpose(0, 1)
+        m = torch.maximum(top[start:end], top_s)
+        a, b = (top[start:end] - m).exp_(), (top_s - m).exp_()
+        out[start:end] = out[start:end] * a + out_s * b
+        total[start:end] = total[start:end] * a + total_s * b
+    return out.div_(total)
+
+
+def _worth_sharing(shared, batch: int) -> list[tuple[list[int], int]] | None:
+    """The groups to share, or None: only when rows share prefixes two to a group on average."""
+    if not shared:
+        return None
+    groups = [(list(rows), n) for rows, n in shared if rows]
+    if sorted(r for rows, _ in groups for r in rows) != list(range(batch)):
+        raise ValueError("shared prefix groups must cover every row exactly once")
+    if any(n <= 0 for _, n in groups) or batch < 2 * len(groups):
+        return None
+    return groups
+
+
+@dataclass
+class _Layout:
+    """Where each row's prompt keys/values sit in the decode buffers.
+
+    Plain: as prefilled, (B, kv, W, D) with left padding. Cascade: rows reordered so each group
+    is contiguous (buffer row i holds input row ``order[i]``); a row's own columns (its real
+    prompt tokens after the shared n) are left-padded into ``width``; each group's n shared
+    columns are kept once (``spans``: start, end, source row, its prefill columns).
+    """
+
+    mask: torch.Tensor  # (B, width) prompt mask in buffer layout and row order
+    width: int
+    columns: list[torch.Tensor]  # per buffer row: the prefill columns of its own real tokens
+    order: torch.Tensor | None = None
+    spans: list[tuple[int, int, int, torch.Tensor]] | None = None
+
+    @classmethod
+    def plain(cls, mask: torch.Tensor) -> _Layout:
+        return cls(mask, mask.shape[1], [row.nonzero().squeeze(1) for row in mask])
+
+    @classmethod
+    def cascade(cls, mask: torch.Tensor, groups: list[tuple[list[int], int]]) -> _Layout:
+        order = [r for rows, _ in groups for r in rows]
+        real = [mask[r].nonzero().squeeze(1) for r in order]
+        spans, own, start = [], [], 0
+        for rows, n in groups:
+            spans.append((start, start + len(rows), rows[0], real[start][:n]))
+            own += [real[i][n:] for i in range(start, start + len(rows))]
+            start += len(rows)
+        width = max(len(c) for c in own)
+        buffer_mask = torch.zeros(len(order), width, dtype=mask.dtype, device=mask.device)
+        for i, c in enumerate(own):
+            buffer_mask[i, width - len(c) :] = 1
+        return cls(buffer_mask, width, own, torch.tensor(order, device=mask.device), spans)
+
+    @property
+    def unsort(self) -> torch.Tensor | slice:
+        return slice(None) if self.order is None else torch.argsort(self.order)
+
+    def gather(self, kv: torch.Tensor) -> torch.Tensor:
+        """The prefilled (B, kv, W, D) keys or values in buffer layout (zeros where padded)."""
+        if self.order is None:
+            return kv
+        out = kv.new_zeros(len(self.columns), kv.shape[1], self.width, kv.shape[3])
+        for i, (row, c) in enumerate(zip(self.order.tolist(), self.columns)):
+            out[i, :, self.width - len(c) :] = kv[row, :, c]
+        return out
+
+    def shared(self, k: torch.Tensor, v: torch.Tensor) -> list[tuple[int, int, torch.Tensor, torch.Tensor]]:
+        """Per group (start, end, K, V): its shared prefix's (kv, n, D) keys and values, once."""
+        return [(start, end, k[row, :, c], v[row, :, c]) for start, end, row, c in self.spans or []]
+
+    def buffer_row(self, row: int) -> int:
+        return row if self.order is None else int((self.order == row).nonzero()[0])
+
+    def group_of(self, i: int) -> int | None:
+        """The group (index into ``spans``) of buffer row i, if rows share prefixes."""
+        return next((g for g, (start, end, _, _) in enumerate(self.spans or []) if start <= i < end), None)
 
 
 @dataclass
 class Decoded:
-    """What ``FastDecoder.decode`` returns: new tokens (B, n), processed logits (B, n, V) if asked
-    for, and per layer the (B, kv_heads, W + n', D) key/value buffers, whose columns W .. W+n-2
-    hold new tokens 0 .. n-2 (the last token was sampled but never fed back)."""
+    """What ``FastDecoder.decode`` returns: new tokens (B, n) and the processed logits (B, n, V)
+    if asked for, in the input's row order, and the key/value buffers behind ``row_cache``."""
 
     tokens: torch.Tensor
     scores: torch.Tensor | None
     keys: list[torch.Tensor]
     values: list[torch.Tensor]
+    shared_kv: list[list[tuple[int, int, torch.Tensor, torch.Tensor]]]
+    layout: _Layout
+
+    def row_cache(self, row: int, new: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per layer (1, kv, L, D) keys/values of input row ``row``'s real prompt tokens and its
+        first ``new`` new tokens (at most n-1: the last token sampled was never fed back)."""
+        layout = self.layout
+        i = layout.buffer_row(row)
+        own, width = layout.columns[i], layout.width
+        prompt = own if layout.order is None else torch.arange(width - len(own), width)
+        columns = torch.cat([prompt, torch.arange(width, width + new)])
+        group = layout.group_of(i)
+        out = []
+        for layer, (k, v) in enumerate(zip(self.keys, self.values)):
+            k_row, v_row = k[i, :, columns], v[i, :, columns]
+            if group is not None:
+                _, _, k_s, v_s = self.shared_kv[layer][group]
+                k_row, v_row = torch.cat([k_s, k_row], 1), torch.cat([v_s, v_row], 1)
+            out.append((k_row[None], v_row[None]))
+        return out
 
 
 @dataclass

@@ -238,11 +238,7 @@ class HFGenerator(Generator):
         if params.seed is not None:
             torch.manual_seed(params.seed)
         self.stats["generate_calls"] += 1
-        if self.live_model:
-            # A live model's weights change between calls: its caches last one call.
-            if self.prefixes is not None:
-                self.prefixes.clear()
-            self._decoder = None
+        self._begin_call()
         with eval_mode(self.model):
             for chunk in self._chunks([len(p) for p in prompts]):
                 lens = [prefix_lens[i] for i in chunk] if prefix_lens and self.prefixes is not None else None
@@ -251,25 +247,38 @@ class HFGenerator(Generator):
         self.stats["generated_sequences"] += len(prompts)
         return results  # type: ignore[return-value]
 
+    def _begin_call(self) -> None:
+        """A live model's weights change between calls: its caches last one call."""
+        if self.live_model:
+            if self.prefixes is not None:
+                self.prefixes.clear()
+            self._decoder = None
+
     def _generate_batch(
         self, prompts: Sequence[Sequence[int]], params: SamplingParams, prefix_lens: Sequence[int] | None = None
     ) -> list[Generation]:
-        cache = None
-        if prefix_lens and min(prefix_lens) > 0:
-            ids, mask, cache = self._prefixed_batch(prompts, prefix_lens)
-        else:
-            ids, mask = self._left_pad(prompts)
         want_scores = params.logprobs or params.top_logprobs > 0
         start = time.perf_counter()
+        cache, prefilled = None, None
+        if prefix_lens and min(prefix_lens) > 0:
+            kvs, cut = self._cached_prefixes(prompts, prefix_lens)
+            if self.lean_decode:
+                prefilled = self._prefill_after_prefixes(prompts, kvs, cut)
+            else:
+                ids, mask, cache = self._prefixed_batch(prompts, kvs, cut)
+        else:
+            ids, mask = self._left_pad(prompts)
         if self.lean_decode:
-            decoded = self._lean_generate(ids, mask, cache, params, want_scores)
+            if prefilled is None:
+                prefilled = self._prefill_batch(ids, mask, cache)
+            decoded = self._lean_generate(*prefilled, params, want_scores, _shared_groups(prompts, prefix_lens))
             new_ids, scores = decoded.tokens, decoded.scores
         else:
             new_ids, scores = self._hf_generate(ids, mask, cache, params, want_scores)
         elapsed = time.perf_counter() - start
         new = new_ids.tolist()
         if self.lean_decode and prefix_lens and not self.live_model:
-            self._keep_rows(prompts, new, mask, decoded)
+            self._keep_rows(prompts, new, decoded)
         # scores are the processed logits (temperature etc. applied), one row per step.
         step_logprobs = scores.float().log_softmax(-1) if scores is not None else None
         gens = []
@@ -323,10 +332,9 @@ class HFGenerator(Generator):
         scores = torch.stack(out.scores, dim=1) if want_scores else None
         return sequences[:, ids.shape[1] :], scores
 
-    def _lean_generate(self, ids, mask, cache, params: SamplingParams, want_scores: bool):
-        """The same as ``_hf_generate``, by one prefill ``forward`` and the lean decode loop."""
-        if self._decoder is None:
-            self._decoder = FastDecoder(self.model)
+    def _prefill_batch(self, ids, mask, cache):
+        """One ``forward`` over the padded batch (after ``cache``'s prefix columns): per layer
+        the (B, kv, W, D) keys and values, the mask and the logits after each prompt."""
         cached = cache.get_seq_length() if cache is not None else 0
         positions = positions_from_mask(mask)
         kwargs = {_cache_kwarg(): cache} if cache is not None else {}
@@ -339,6 +347,44 @@ class HFGenerator(Generator):
             **kwargs,
         )
         layers = getattr(out, _cache_kwarg()).layers
+        return [layer.keys for layer in layers], [layer.values for layer in layers], mask, out.logits[:, -1]
+
+    def _prefill_after_prefixes(self, prompts: Sequence[Sequence[int]], kvs: list, cut: Sequence[int]):
+        """``_prefill_batch`` for rows whose first ``cut[i]`` tokens have cached KV ``kvs[i]``.
+
+        Rows reuse different amounts (a turn's rows carry over their own earlier turns), so their
+        new tokens differ in number: they are prefilled in groups of similar counts, where little
+        padding is wasted, and the groups' keys/values put together (right-aligned) after.
+        """
+        groups = _similar_lengths([len(p) - n for p, n in zip(prompts, cut)])
+        if len(groups) == 1:
+            return self._prefill_batch(*self._prefixed_batch(prompts, kvs, cut))
+        parts = []
+        for rows in groups:
+            batch = self._prefixed_batch([prompts[i] for i in rows], [kvs[i] for i in rows], [cut[i] for i in rows])
+            parts.append((rows, self._prefill_batch(*batch)))
+        width = max(part[2].shape[1] for _, part in parts)
+        first_keys, first_values = parts[0][1][0], parts[0][1][1]
+        keys = [k.new_zeros(len(prompts), k.shape[1], width, k.shape[3]) for k in first_keys]
+        values = [v.new_zeros(len(prompts), v.shape[1], width, v.shape[3]) for v in first_values]
+        mask = torch.zeros(len(prompts), width, dtype=torch.long, device=self.device)
+        logits = parts[0][1][3].new_empty(len(prompts), parts[0][1][3].shape[-1])
+        for rows, (k_part, v_part, m_part, l_part) in parts:
+            index = torch.tensor(rows, device=self.device)
+            w = m_part.shape[1]
+            for k, v, kp, vp in zip(keys, values, k_part, v_part):
+                k[index, :, width - w :] = kp
+                v[index, :, width - w :] = vp
+            mask[index, width - w :] = m_part
+            logits[index] = l_part
+        return keys, values, mask, logits
+
+    def _lean_generate(self, keys, values, mask, first_logits, params: SamplingParams, want_scores: bool, shared=None):
+        """The same as ``_hf_generate``, by the lean decode loop after a prefill (``keys`` and
+        ``values`` per layer, ``mask``, ``first_logits``); ``shared``: rows sharing a system
+        message, whose KV the loop then reads once per group."""
+        if self._decoder is None:
+            self._decoder = FastDecoder(self.model)
         sampler = Sampler(
             temperature=params.temperature,
             top_k=params.top_k,
@@ -347,18 +393,19 @@ class HFGenerator(Generator):
             greedy=params.greedy,
         )
         return self._decoder.decode(
-            [layer.keys for layer in layers],
-            [layer.values for layer in layers],
+            keys,
+            values,
             mask,
-            out.logits[:, -1],
+            first_logits,
             params.max_new_tokens,
             sampler,
             self.eos_ids,
             self.tokenizer.pad_token_id,
             want_scores,
+            shared,
         )
 
-    def _keep_rows(self, prompts: Sequence[Sequence[int]], new: list[list[int]], mask: torch.Tensor, decoded) -> None:
+    def _keep_rows(self, prompts: Sequence[Sequence[int]], new: list[list[int]], decoded) -> None:
         """Keep each row's prompt + new tokens with their KV, for the row's next turn.
 
         A multi-turn chat's next prompt starts with this one and the speech just written
@@ -366,26 +413,14 @@ class HFGenerator(Generator):
         """
         assert self.prefixes is not None
         steps = decoded.tokens.shape[1] - 1  # the last sampled token has no KV
-        width = mask.shape[1]
         for row, tokens in enumerate(new):
             end = next((j + 1 for j, t in enumerate(tokens) if t in self.eos_ids), len(tokens))
             keep = min(end, steps)
-            columns = torch.cat([mask[row].nonzero().squeeze(1), torch.arange(width, width + keep, device=mask.device)])
-            kv = [(k[row : row + 1, :, columns], v[row : row + 1, :, columns]) for k, v in zip(decoded.keys, decoded.values)]
-            self.prefixes.put(tuple(prompts[row]) + tuple(tokens[:keep]), kv)
+            self.prefixes.put(tuple(prompts[row]) + tuple(tokens[:keep]), decoded.row_cache(row, keep))
 
-    def _prefixed_batch(self, prompts: Sequence[Sequence[int]], prefix_lens: Sequence[int]):
-        """Ids, mask and a KV cache for prompts whose first ``prefix_lens[i]`` tokens (at least)
-        are cached: the longest cached prefix of each prompt is used, and a missing one of
-        exactly ``prefix_lens[i]`` tokens (the system message) is computed once and kept.
-
-        Row layout: ``[pad | prefix | pad | suffix]``. The cache covers the first block (prefixes
-        left-padded to the longest); generate() then runs only the suffix block. Padding inside the
-        row is masked, and position ids come from the mask's cumulative sum, so every real token
-        keeps the position it has in the unpadded prompt: the result equals uncached generation.
-        """
-        from transformers import DynamicCache
-
+    def _cached_prefixes(self, prompts: Sequence[Sequence[int]], prefix_lens: Sequence[int]) -> tuple[list, list[int]]:
+        """Per prompt, the KV of its longest cached prefix and that prefix's length: at least
+        ``prefix_lens[i]`` tokens (the system message), computed once and kept if missing."""
         assert self.prefixes is not None
         kvs, cut = [], []
         for p, n in zip(prompts, prefix_lens):
@@ -398,6 +433,18 @@ class HFGenerator(Generator):
             self.stats["reused_tokens"] += reused
             kvs.append(kv)
             cut.append(reused)
+        return kvs, cut
+
+    def _prefixed_batch(self, prompts: Sequence[Sequence[int]], kvs: list, cut: Sequence[int]):
+        """Ids, mask and a KV cache for prompts whose first ``cut[i]`` tokens have KV ``kvs[i]``.
+
+        Row layout: ``[pad | prefix | pad | suffix]``. The cache covers the first block (prefixes
+        left-padded to the longest); generate() then runs only the suffix block. Padding inside the
+        row is masked, and position ids come from the mask's cumulative sum, so every real token
+        keeps the position it has in the unpadded prompt: the result equals uncached generation.
+        """
+        from transformers import DynamicCache
+
         prefixes = [tuple(p[:n]) for p, n in zip(prompts, cut)]
         suffixes = [list(p[n:]) for p, n in zip(prompts, cut)]
         width_p = max(len(p) for p in prefixes)
@@ -466,23 +513,63 @@ class HFGenerator(Generator):
             return super().choice_logprobs(chats, choices)
         targets = [c[0] for c in choice_ids]
         prompts = [self.prompt_ids(c) for c in chats]
+        # Every judge chat starts with the same system message: its KV comes from the prefix cache.
+        prefix = [self.system_prefix_len(c, p) for c, p in zip(chats, prompts)] if self.prefixes is not None else None
+        self._begin_call()
         out: list[list[float]] = [[] for _ in prompts]
         with eval_mode(self.model):
             for chunk in self.score_chunks([len(p) for p in prompts]):
-                ids, mask = self._left_pad([prompts[i] for i in chunk])
-                last = self._forward_logprobs(ids, mask, last_only=True)
+                cache = None
+                if prefix and min(prefix[i] for i in chunk) > 0:
+                    rows = [prompts[i] for i in chunk]
+                    ids, mask, cache = self._prefixed_batch(rows, *self._cached_prefixes(rows, [prefix[i] for i in chunk]))
+                else:
+                    ids, mask = self._left_pad([prompts[i] for i in chunk])
+                last = self._forward_logprobs(ids, mask, last_only=True, cache=cache)
                 for row, i in enumerate(chunk):
                     out[i] = [float(last[row, t]) for t in targets]
         return out
 
-    def _forward_logprobs(self, ids: torch.Tensor, mask: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+    def _forward_logprobs(self, ids: torch.Tensor, mask: torch.Tensor, last_only: bool = False, cache=None) -> torch.Tensor:
+        """Log-probs after every position of ``ids`` (or only the last); with ``cache`` (a prefix
+        KV of ``_prefixed_batch``) only the columns after it are run."""
         self.stats["forward_batches"] += 1
         position_ids = positions_from_mask(mask)
-        kwargs = {"logits_to_keep": 1} if last_only else {}
-        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=position_ids, **kwargs).logits
+        kwargs: dict[str, Any] = {"logits_to_keep": 1} if last_only else {}
+        cached = 0
+        if cache is not None:
+            cached = cache.get_seq_length()
+            kwargs[_cache_kwarg()] = cache
+        logits = self.model(input_ids=ids[:, cached:], attention_mask=mask, position_ids=position_ids[:, cached:], **kwargs).logits
         if last_only:
             return logits[:, -1].float().log_softmax(-1)
         return logits.float().log_softmax(-1)
+
+
+def _similar_lengths(lengths: Sequence[int], waste: float = 0.15) -> list[list[int]]:
+    """Indices grouped by length (ascending) so that padding each group to its longest wastes at
+    most ``waste`` of its tokens."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    groups: list[list[int]] = []
+    total = 0
+    for i in order:  # ascending: row i is the longest of the group it joins
+        if groups and (len(groups[-1]) + 1) * lengths[i] <= (1 + waste) * (total + lengths[i]):
+            groups[-1].append(i)
+            total += lengths[i]
+        else:
+            groups.append([i])
+            total = lengths[i]
+    return groups
+
+
+def _shared_groups(prompts: Sequence[Sequence[int]], prefix_lens: Sequence[int] | None) -> list[tuple[list[int], int]] | None:
+    """Rows grouped by their shareable prefix (``prefix_lens[i]`` tokens: the system message)."""
+    if not prefix_lens or min(prefix_lens) <= 0:
+        return None
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, (p, n) in enumerate(zip(prompts, prefix_lens)):
+        groups.setdefault(tuple(p[:n]), []).append(i)
+    return [(rows, len(key)) for key, rows in groups.items()]
 
 
 def _apply_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:

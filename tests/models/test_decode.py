@@ -185,3 +185,52 @@ def test_embedded_model_greedy_matches_generate(embedded):
     lean, hf = _twins(embedded.model, embedded.tokenizer)
     params = SamplingParams(max_new_tokens=24, temperature=0.0, logprobs=True)
     _assert_same(lean.generate(chats, params), hf.generate(chats, params))
+
+
+def test_shared_prefix_attention_equals_plain_attention(tiny_generator):
+    """Rows grouped by a shared system message (read once per group, softmaxes merged by their
+    log-sum-exp) decode the same tokens and logits as every row reading its own copy; the KV a
+    row keeps for its next turn is the same either way."""
+    gen = tiny_generator
+    other = "Judge stories carefully. " * 4
+    chats = [
+        [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Which is bigger, a cat or a mouse?"}],
+        [{"role": "system", "content": other}, {"role": "user", "content": "Name a colour."}],
+        [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Name a colour. " * 7}],
+        [{"role": "system", "content": other}, {"role": "user", "content": "Count to three, slowly and clearly."}],
+        [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Hi"}],
+    ]
+    prompts = [gen.prompt_ids(c) for c in chats]
+    system_lens = [gen.system_prefix_len(c, p) for c, p in zip(chats, prompts)]
+    groups = [([0, 2, 4], system_lens[0]), ([1, 3], system_lens[1])]
+    ids, mask = gen._left_pad(prompts)
+    decoder = FastDecoder(gen.model)
+    with torch.inference_mode():
+        out = gen.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=True)
+    layers = out.past_key_values.layers if hasattr(out, "past_key_values") else out.cache.layers
+    runs = [
+        decoder.decode(
+            [layer.keys for layer in layers], [layer.values for layer in layers], mask, out.logits[:, -1], 8,
+            Sampler(greedy=True), gen.eos_ids, gen.tokenizer.pad_token_id, want_scores=True, shared=shared,
+        )
+        for shared in (None, groups)
+    ]
+    plain, cascade = runs
+    assert plain.layout.order is None and cascade.layout.order is not None  # the cascade really ran
+    assert torch.equal(plain.tokens, cascade.tokens)
+    torch.testing.assert_close(cascade.scores, plain.scores, atol=1e-4, rtol=1e-4)
+    for row in range(len(chats)):
+        for (k1, v1), (k2, v2) in zip(plain.row_cache(row, 5), cascade.row_cache(row, 5)):
+            assert k1.shape == k2.shape == (1, k1.shape[1], len(prompts[row]) + 5, k1.shape[3])
+            torch.testing.assert_close(k2, k1, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(v2, v1, atol=1e-5, rtol=1e-5)
+    # one row per group on average is not worth it; groups must cover every row once
+    assert decoder.decode(
+        [layer.keys for layer in layers], [layer.values for layer in layers], mask, out.logits[:, -1], 2,
+        Sampler(greedy=True), gen.eos_ids, gen.tokenizer.pad_token_id, shared=[([i], 3) for i in range(5)],
+    ).layout.order is None
+    with pytest.raises(ValueError, match="cover every row"):
+        decoder.decode(
+            [layer.keys for layer in layers], [layer.values for layer in layers], mask, out.logits[:, -1], 2,
+            Sampler(greedy=True), gen.eos_ids, gen.tokenizer.pad_token_id, shared=[([0, 1], 3)],
+        )

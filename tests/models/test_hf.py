@@ -171,6 +171,17 @@ def test_prefix_cache_longest_match_replacement_and_byte_bound():
     assert len(cache) == 2 and cache.longest([1, 2, 3])[0] == 0 and cache.bytes == 16 * 9
 
 
+def test_judge_scoring_with_cached_system_prompt_equals_uncached(tiny_model_dir):
+    cached = HFGenerator(path=str(tiny_model_dir), dtype="float32", max_batch_size=4, score_token_budget=256)
+    plain = HFGenerator(path=str(tiny_model_dir), dtype="float32", max_batch_size=4, prefix_cache=False)
+    system = {"role": "system", "content": "You judge debates. " * 5}
+    chats = [[system, {"role": "user", "content": f"Question {i}: which? " * (1 + 3 * i)}] for i in range(5)]
+    a, b = cached.choice_logprobs(chats, ["A", "B"]), plain.choice_logprobs(chats, ["A", "B"])
+    torch.testing.assert_close(torch.tensor(a), torch.tensor(b), atol=1e-4, rtol=0)
+    assert cached.stats["prefix_misses"] == 1 and cached.stats["prefix_hits"] == len(chats) - 1
+    assert cached.stats["forward_batches"] > 1  # the budget split them; every chunk used the one prefix
+
+
 def test_live_model_prefix_cache_does_not_outlive_a_call(tiny_generator):
     live = HFGenerator(model=tiny_generator.model, tokenizer=tiny_generator.tokenizer)
     chat = [{"role": "system", "content": "shared"}, {"role": "user", "content": "hi"}]
@@ -198,3 +209,41 @@ def test_peft_adapter_is_loaded(tiny_model_dir, tmp_path):
     assert a != pytest.approx(b, abs=1e-3)
     with pytest.raises(FileNotFoundError, match="adapter"):
         HFGenerator(path=str(tiny_model_dir), dtype="float32", adapter=str(tmp_path / "missing"))
+
+
+@pytest.mark.parametrize("ragged", [True, False])
+def test_rows_prefilled_alone_or_padded_generate_the_same(tiny_model_dir, questions, monkeypatch, ragged):
+    """After cached prefixes of different lengths, running each row's new tokens alone (no
+    padding, then put together) or as one padded batch gives what an uncached generator gives."""
+    import debate_lightning.models.hf as hf
+
+    chosen = []
+
+    def groups(lengths):
+        chosen.append(ragged)
+        return [[i] for i in range(len(lengths))] if ragged else [list(range(len(lengths)))]
+
+    monkeypatch.setattr(hf, "_similar_lengths", groups)
+    cached = HFGenerator(path=str(tiny_model_dir), dtype="float32", max_batch_size=8)
+    plain = HFGenerator(path=str(tiny_model_dir), dtype="float32", max_batch_size=8, prefix_cache=False)
+    system = {"role": "system", "content": "Shared rules for everyone. " * 6}
+    chats = [[system, {"role": "user", "content": "Tell me about item %d. " % i * (1 + 2 * i)}] for i in range(4)]
+    params = SamplingParams(max_new_tokens=5, min_new_tokens=5, temperature=0.0, logprobs=True)
+    first = cached.generate(chats[:2], params)  # rows 0 and 1 now have their whole prompt + speech cached
+    follow = [c + [{"role": "assistant", "content": g.text}, {"role": "user", "content": "More."}] for c, g in zip(chats, first)]
+    follow += chats[2:]
+    a, b = cached.generate(follow, params), plain.generate(follow, params)
+    assert chosen and set(chosen) == {ragged}
+    assert [g.token_ids for g in a] == [g.token_ids for g in b]
+    assert [g.logprob for g in a] == pytest.approx([g.logprob for g in b], abs=1e-3)
+
+
+def test_similar_lengths_bound_the_padding():
+    from debate_lightning.models.hf import _similar_lengths
+
+    lengths = [170, 276, 168, 169, 268, 171, 98]
+    groups = _similar_lengths(lengths)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+    for g in groups:
+        assert len(g) * max(lengths[i] for i in g) <= 1.15 * sum(lengths[i] for i in g)
+    assert [sorted(lengths[i] for i in g) for g in groups] == [[98], [168, 169, 170, 171], [268, 276]]
