@@ -119,7 +119,7 @@ class HFGenerator(Generator):
         model: torch.nn.Module | None = None,
         tokenizer: Any = None,
         prefix_cache: bool = True,
-        prefix_cache_size: int = 64,
+        prefix_cache_size: int = 256,
         prefix_cache_gb: float = 4.0,
         lean_decode: bool = True,
         packed_linear: bool = True,
