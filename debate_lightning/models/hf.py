@@ -593,13 +593,6 @@ class PrefixCache:
         self._items: OrderedDict[tuple[int, ...], tuple[np.ndarray, list, int]] = OrderedDict()
         self.bytes = 0
 
-    def get(self, key: tuple[int, ...]):
-        item = self._items.get(key)
-        if item is None:
-            return None
-        self._items.move_to_end(key)
-        return item[1]
-
     def longest(self, tokens: Sequence[int], limit: int | None = None) -> tuple[int, list | None]:
         """(n, kv) of the entry sharing the longest prefix with ``tokens`` (at most ``limit``):
         its first n tokens are ``tokens[:n]``; slice its KV to n before use."""
