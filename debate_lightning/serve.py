@@ -565,6 +565,6 @@ def serve_main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         pass
     finally:
-        server.server_close()
-        server.batcher.close()
+        server.close()  # serve_forever has returned, so its shutdown() does not wait
+        print("serve: stopped", flush=True)
     return 0

@@ -244,19 +244,22 @@ def test_tournament_api_config_runs_with_served_judge(server, tmp_path, monkeypa
 
 
 # -- the command line ------------------------------------------------------------------------------
-def test_serve_command_starts_answers_and_stops(tiny_dir):
+def test_serve_command_starts_answers_and_stops(tiny_dir, tmp_path):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "debate_lightning", "serve", "--model", str(tiny_dir), "--name", MODEL,
            "--port", str(port), "--dtype", "float32", "--max-batch-size", "8"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # Output goes to a file, not a pipe: a pipe nobody reads blocks the server once it fills.
+    log_path = tmp_path / "serve.log"
+    log = log_path.open("w")
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
     try:
         url = f"http://127.0.0.1:{port}/v1"
         deadline = time.monotonic() + 180
         while True:
-            assert proc.poll() is None, proc.stdout.read()
+            assert proc.poll() is None, log_path.read_text()
             try:
                 status, body = http("GET", url + "/models")
                 break
@@ -269,11 +272,14 @@ def test_serve_command_starts_answers_and_stops(tiny_dir):
     finally:
         proc.send_signal(signal.SIGINT)
         try:
-            code = proc.wait(timeout=30)
+            code = proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             proc.kill()
-            raise
-    assert code == 0
+            raise AssertionError(f"serve did not stop within 60 s of SIGINT; its output:\n{log_path.read_text()[-3000:]}") from None
+        finally:
+            log.close()
+    assert code == 0, log_path.read_text()[-3000:]
+    assert "serving 'tiny'" in log_path.read_text()
 
 
 @pytest.mark.slow
