@@ -23,6 +23,7 @@ import argparse
 import json
 import logging
 import queue
+import signal
 import threading
 import time
 import uuid
@@ -559,12 +560,20 @@ def serve_main(argv: list[str] | None = None) -> int:
         return 1
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("serving on %s: anyone who can reach this address can use the model (there is no authentication)", args.host)
-    print(f"serving {name!r} at {server.url}  (Ctrl-C to stop)", flush=True)
+    print(f"serving {name!r} at {server.url}  (Ctrl-C or SIGTERM to stop)", flush=True)
+    # SIGTERM (kill, Slurm, container stop) stops as Ctrl-C does; background jobs of a script may
+    # not get SIGINT at all (the shell ignores it for them).
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
         pass
     finally:
+        signal.signal(signal.SIGTERM, previous)
         server.close()  # serve_forever has returned, so its shutdown() does not wait
         print("serve: stopped", flush=True)
     return 0
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
