@@ -125,6 +125,11 @@ class HFGenerator(Generator):
         packed_linear: bool = True,
         score_token_budget: int = 1024,
     ):
+        if prefix_cache and (prefix_cache_size < 1 or prefix_cache_gb <= 0):
+            raise ValueError(
+                f"prefix_cache_size must be >= 1 and prefix_cache_gb > 0 (got {prefix_cache_size}, {prefix_cache_gb}); "
+                "set prefix_cache: false to turn the cache off"
+            )
         live = model is not None
         if model is None:
             model, tokenizer = load_model_and_tokenizer(path, dtype, device, adapter, gguf_file, trust_remote_code)

@@ -247,3 +247,10 @@ def test_similar_lengths_bound_the_padding():
     for g in groups:
         assert len(g) * max(lengths[i] for i in g) <= 1.15 * sum(lengths[i] for i in g)
     assert [sorted(lengths[i] for i in g) for g in groups] == [[98], [168, 169, 170, 171], [268, 276]]
+
+
+def test_prefix_cache_bounds_are_checked(tiny_generator):
+    for bad in ({"prefix_cache_size": 0}, {"prefix_cache_gb": -1.0}):
+        with pytest.raises(ValueError, match="prefix_cache_size must be >= 1 and prefix_cache_gb > 0"):
+            HFGenerator(model=tiny_generator.model, tokenizer=tiny_generator.tokenizer, **bad)
+    HFGenerator(model=tiny_generator.model, tokenizer=tiny_generator.tokenizer, prefix_cache=False, prefix_cache_size=0)
