@@ -156,8 +156,8 @@ class FastDecoder:
     def _step(self, tokens: torch.Tensor, positions: torch.Tensor, keys, values, column: int, bias: torch.Tensor, shared=None):
         """Logits for one new token per row; writes its keys/values at ``column`` of the buffers.
 
-        ``shared[l]`` (optional) lists layer l's shared prefixes as ``(start, end, K, V)``: rows
-        start..end-1 also attend to K/V (kv_heads, S, D), which are not in their own buffers.
+        ``shared`` (optional) is ``(layout, per_layer)``: ``per_layer[l]`` holds layer l's shared
+        prefixes, (G, kv_heads, S, D) keys and values that the rows of each group also attend to.
         """
         batch = tokens.shape[0]
         h, kv, d = self.num_heads, self.num_kv_heads, self.head_dim
@@ -180,7 +180,7 @@ class FastDecoder:
             if shared is None:
                 attn = torch.matmul(torch.softmax(scores, dim=-1), v_buf[:, :, :width])
             else:
-                attn = _cascade(qg, scores, v_buf[:, :, :width], shared[index], scale)
+                attn = _cascade(qg, scores, v_buf[:, :, :width], shared[1][index], shared[0], scale)
             x = x + layer.o(attn.reshape(batch, h * d))
             gate, up = layer.gate_up(layer.norm_post(x)).split(self.intermediate, dim=-1)
             x = x + layer.down(F.silu(gate) * up)
@@ -251,7 +251,7 @@ class FastDecoder:
             done |= torch.isin(token, eos)
             if bool(done.all()) or step == max_new_tokens - 1:
                 break
-            logits = self._step(token, positions, keys, values, width + step, bias, None if groups is None else shared_kv)
+            logits = self._step(token, positions, keys, values, width + step, bias, None if groups is None else (layout, shared_kv))
             positions = positions + 1
         stacked = None
         if scores is not None:
@@ -260,29 +260,31 @@ class FastDecoder:
         return Decoded(out[:, :n][unsort], None if stacked is None else stacked[unsort], keys, values, shared_kv, layout)
 
 
-def _cascade(qg: torch.Tensor, scores: torch.Tensor, values: torch.Tensor, shared, scale: float) -> torch.Tensor:
+def _cascade(qg: torch.Tensor, scores: torch.Tensor, values: torch.Tensor, shared, layout: _Layout, scale: float) -> torch.Tensor:
     """Attention over each row's own keys (``scores`` against ``values``) and its group's shared
-    prefix, merged exactly: the softmax over both = each part's sums rescaled to one maximum."""
+    prefix, merged exactly: the softmax over both = each part's sums rescaled to one maximum.
+    All groups at once: (G, kv, rows x heads, S) scores against their (G, kv, S, D) keys."""
     top = scores.amax(-1, keepdim=True)
     weights = (scores - top).exp_()
     total = weights.sum(-1, keepdim=True)
     out = torch.matmul(weights, values)
-    kv, heads = qg.shape[1], qg.shape[2]
-    for start, end, k_s, v_s in shared:
-        n = end - start
-        # every query row of the group against the shared keys in one matmul per kv head
-        q_s = qg[start:end].transpose(0, 1).reshape(kv, n * heads, -1)
-        s_s = torch.matmul(q_s, k_s.transpose(-1, -2)).mul_(scale)
-        top_s = s_s.amax(-1, keepdim=True)
-        w_s = (s_s - top_s).exp_()
-        total_s = w_s.sum(-1, keepdim=True).view(kv, n, heads, 1).transpose(0, 1)
-        out_s = torch.matmul(w_s, v_s).view(kv, n, heads, -1).transpose(0, 1)
-        top_s = top_s.view(kv, n, heads, 1).transpose(0, 1)
-        m = torch.maximum(top[start:end], top_s)
-        a, b = (top[start:end] - m).exp_(), (top_s - m).exp_()
-        out[start:end] = out[start:end] * a + out_s * b
-        total[start:end] = total[start:end] * a + total_s * b
-    return out.div_(total)
+    k_s, v_s = shared
+    groups, n = k_s.shape[0], layout.group_rows
+    _, kv, heads, d = qg.shape
+    q = qg if layout.slots is None else qg[layout.slots]  # (G * n, kv, heads, D), groups padded to n rows
+    q = q.view(groups, n, kv, heads, d).transpose(1, 2).reshape(groups, kv, n * heads, d)
+    s_s = torch.matmul(q, k_s.transpose(-1, -2)).mul_(scale).add_(layout.shared_bias)
+    top_s = s_s.amax(-1, keepdim=True)
+    w_s = (s_s - top_s).exp_()
+
+    def rows(t: torch.Tensor) -> torch.Tensor:  # (G, kv, n * heads, X) -> (B, kv, heads, X)
+        t = t.view(groups, kv, n, heads, t.shape[-1]).transpose(1, 2).reshape(groups * n, kv, heads, t.shape[-1])
+        return t if layout.filled is None else t[layout.filled]
+
+    total_s, out_s, top_s = rows(w_s.sum(-1, keepdim=True)), rows(torch.matmul(w_s, v_s)), rows(top_s)
+    m = torch.maximum(top, top_s)
+    a, b = (top - m).exp_(), (top_s - m).exp_()
+    return (out * a + out_s * b).div_(total * a + total_s * b)
 
 
 def _worth_sharing(shared, batch: int) -> list[tuple[list[int], int]] | None:
@@ -312,6 +314,14 @@ class _Layout:
     columns: list[torch.Tensor]  # per buffer row: the prefill columns of its own real tokens
     order: torch.Tensor | None = None
     spans: list[tuple[int, int, int, torch.Tensor]] | None = None
+    # Cascade attention runs every group at once, each padded to ``group_rows`` rows: slot j of
+    # group g is buffer row ``slots[g * group_rows + j]`` (a repeat where the group is short);
+    # ``filled`` picks the real slots in buffer-row order (both None when no group is short).
+    # ``shared_bias`` (G, 1, 1, S) masks the columns past a group's own shared length.
+    group_rows: int = 0
+    slots: torch.Tensor | None = None
+    filled: torch.Tensor | None = None
+    shared_bias: torch.Tensor | None = None
 
     @classmethod
     def plain(cls, mask: torch.Tensor) -> _Layout:
@@ -330,7 +340,14 @@ class _Layout:
         buffer_mask = torch.zeros(len(order), width, dtype=mask.dtype, device=mask.device)
         for i, c in enumerate(own):
             buffer_mask[i, width - len(c) :] = 1
-        return cls(buffer_mask, width, own, torch.tensor(order, device=mask.device), spans)
+        layout = cls(buffer_mask, width, own, torch.tensor(order, device=mask.device), spans)
+        n = layout.group_rows = max(end - start for start, end, _, _ in spans)
+        if any(end - start < n for start, end, _, _ in spans):
+            slots = [min(start + j, end - 1) for start, end, _, _ in spans for j in range(n)]
+            filled = [g * n + j for g, (start, end, _, _) in enumerate(spans) for j in range(end - start)]
+            layout.slots = torch.tensor(slots, device=mask.device)
+            layout.filled = torch.tensor(filled, device=mask.device)
+        return layout
 
     @property
     def unsort(self) -> torch.Tensor | slice:
@@ -345,9 +362,22 @@ class _Layout:
             out[i, :, self.width - len(c) :] = kv[row, :, c]
         return out
 
-    def shared(self, k: torch.Tensor, v: torch.Tensor) -> list[tuple[int, int, torch.Tensor, torch.Tensor]]:
-        """Per group (start, end, K, V): its shared prefix's (kv, n, D) keys and values, once."""
-        return [(start, end, k[row, :, c], v[row, :, c]) for start, end, row, c in self.spans or []]
+    def shared(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Every group's shared prefix keys and values, once: (G, kv, S, D), right-padded to the
+        longest (``shared_bias`` masks the padding)."""
+        if self.spans is None:
+            return None
+        longest = max(len(c) for *_, c in self.spans)
+        if self.shared_bias is None:
+            self.shared_bias = k.new_zeros(len(self.spans), 1, 1, longest)
+            for g, (*_, c) in enumerate(self.spans):
+                self.shared_bias[g, ..., len(c) :] = torch.finfo(k.dtype).min
+        k_s = k.new_zeros(len(self.spans), k.shape[1], longest, k.shape[3])
+        v_s = v.new_zeros(len(self.spans), v.shape[1], longest, v.shape[3])
+        for g, (_, _, row, c) in enumerate(self.spans):
+            k_s[g, :, : len(c)] = k[row, :, c]
+            v_s[g, :, : len(c)] = v[row, :, c]
+        return k_s, v_s
 
     def buffer_row(self, row: int) -> int:
         return row if self.order is None else int((self.order == row).nonzero()[0])
@@ -366,7 +396,7 @@ class Decoded:
     scores: torch.Tensor | None
     keys: list[torch.Tensor]
     values: list[torch.Tensor]
-    shared_kv: list[list[tuple[int, int, torch.Tensor, torch.Tensor]]]
+    shared_kv: list[tuple[torch.Tensor, torch.Tensor] | None]
     layout: _Layout
 
     def row_cache(self, row: int, new: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -382,8 +412,9 @@ class Decoded:
         for layer, (k, v) in enumerate(zip(self.keys, self.values)):
             k_row, v_row = k[i, :, columns], v[i, :, columns]
             if group is not None:
-                _, _, k_s, v_s = self.shared_kv[layer][group]
-                k_row, v_row = torch.cat([k_s, k_row], 1), torch.cat([v_s, v_row], 1)
+                k_s, v_s = self.shared_kv[layer]
+                n = len(layout.spans[group][3])
+                k_row, v_row = torch.cat([k_s[group, :, :n], k_row], 1), torch.cat([v_s[group, :, :n], v_row], 1)
             out.append((k_row[None], v_row[None]))
         return out
 
