@@ -195,18 +195,7 @@ class HFGenerator(Generator):
         row). Scoring is a compute-bound prefill: a few hundred rows' worth of tokens already fill
         the matmuls, while a wide padded batch only adds masked attention and memory traffic.
         """
-        order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-        chunk: list[int] = []
-        for i in order:  # ascending: row i is the widest of the chunk it joins
-            full = len(chunk) >= self.max_batch_size or (
-                token_budget is not None and chunk and lengths[i] * (len(chunk) + 1) > token_budget
-            )
-            if full:
-                yield chunk
-                chunk = []
-            chunk.append(i)
-        if chunk:
-            yield chunk
+        return iter(_length_groups(lengths, max_rows=self.max_batch_size, token_budget=token_budget))
 
     def score_chunks(self, lengths: Sequence[int]) -> Iterator[list[int]]:
         """Chunks for teacher-forced scoring passes (prefill only): also bounded by ``score_token_budget``."""
@@ -361,7 +350,7 @@ class HFGenerator(Generator):
         new tokens differ in number: they are prefilled in groups of similar counts, where little
         padding is wasted, and the groups' keys/values put together (right-aligned) after.
         """
-        groups = _similar_lengths([len(p) - n for p, n in zip(prompts, cut)])
+        groups = _length_groups([len(p) - n for p, n in zip(prompts, cut)], waste=0.15)
         if len(groups) == 1:
             return self._prefill_batch(*self._prefixed_batch(prompts, kvs, cut))
         parts = []
@@ -551,19 +540,27 @@ class HFGenerator(Generator):
         return logits.float().log_softmax(-1)
 
 
-def _similar_lengths(lengths: Sequence[int], waste: float = 0.15) -> list[list[int]]:
-    """Indices grouped by length (ascending) so that padding each group to its longest wastes at
-    most ``waste`` of its tokens."""
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+def _length_groups(
+    lengths: Sequence[int], max_rows: int | None = None, token_budget: int | None = None, waste: float | None = None
+) -> list[list[int]]:
+    """Indices sorted by length, grouped greedily: each row (the longest so far) joins the last
+    group unless the group would then exceed ``max_rows`` rows, ``token_budget`` padded tokens,
+    or pad more than ``waste`` of its tokens. A group always has at least one row."""
     groups: list[list[int]] = []
-    total = 0
-    for i in order:  # ascending: row i is the longest of the group it joins
-        if groups and (len(groups[-1]) + 1) * lengths[i] <= (1 + waste) * (total + lengths[i]):
-            groups[-1].append(i)
-            total += lengths[i]
-        else:
-            groups.append([i])
-            total = lengths[i]
+    total = 0  # real tokens in the last group
+    for i in sorted(range(len(lengths)), key=lambda i: lengths[i]):
+        if groups:
+            padded = (len(groups[-1]) + 1) * lengths[i]
+            if (
+                (max_rows is None or len(groups[-1]) < max_rows)
+                and (token_budget is None or padded <= token_budget)
+                and (waste is None or padded <= (1 + waste) * (total + lengths[i]))
+            ):
+                groups[-1].append(i)
+                total += lengths[i]
+                continue
+        groups.append([i])
+        total = lengths[i]
     return groups
 
 

@@ -223,7 +223,8 @@ def test_rows_prefilled_alone_or_padded_generate_the_same(tiny_model_dir, questi
         chosen.append(ragged)
         return [[i] for i in range(len(lengths))] if ragged else [list(range(len(lengths)))]
 
-    monkeypatch.setattr(hf, "_similar_lengths", groups)
+    batching = hf._length_groups  # keep how generate() batches; replace only the prefill grouping
+    monkeypatch.setattr(hf, "_length_groups", lambda lengths, **b: groups(lengths) if "waste" in b else batching(lengths, **b))
     cached = HFGenerator(path=str(tiny_model_dir), dtype="float32", max_batch_size=8)
     plain = HFGenerator(path=str(tiny_model_dir), dtype="float32", max_batch_size=8, prefix_cache=False)
     system = {"role": "system", "content": "Shared rules for everyone. " * 6}
@@ -239,10 +240,10 @@ def test_rows_prefilled_alone_or_padded_generate_the_same(tiny_model_dir, questi
 
 
 def test_similar_lengths_bound_the_padding():
-    from debate_lightning.models.hf import _similar_lengths
+    from debate_lightning.models.hf import _length_groups
 
     lengths = [170, 276, 168, 169, 268, 171, 98]
-    groups = _similar_lengths(lengths)
+    groups = _length_groups(lengths, waste=0.15)
     assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
     for g in groups:
         assert len(g) * max(lengths[i] for i in g) <= 1.15 * sum(lengths[i] for i in g)
