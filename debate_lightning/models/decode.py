@@ -218,7 +218,7 @@ class FastDecoder:
         if groups is None:
             layout = _Layout.plain(mask)
         else:
-            layout = _Layout.cascade(mask, groups)
+            layout = _Layout.cascade(mask, groups, prompt_keys[0].dtype)
             mask, first_logits = mask[layout.order], first_logits[layout.order]
         width = layout.width
         total = width + max_new_tokens
@@ -311,8 +311,8 @@ class _Layout:
 
     mask: torch.Tensor  # (B, width) prompt mask in buffer layout and row order
     width: int
-    columns: list[torch.Tensor]  # per buffer row: the prefill columns of its own real tokens
     order: torch.Tensor | None = None
+    columns: list[torch.Tensor] | None = None  # cascade: per buffer row, the prefill columns of its own tokens
     spans: list[tuple[int, int, int, torch.Tensor]] | None = None
     # Cascade attention runs every group at once, each padded to ``group_rows`` rows: slot j of
     # group g is buffer row ``slots[g * group_rows + j]`` (a repeat where the group is short);
@@ -325,10 +325,10 @@ class _Layout:
 
     @classmethod
     def plain(cls, mask: torch.Tensor) -> _Layout:
-        return cls(mask, mask.shape[1], [row.nonzero().squeeze(1) for row in mask])
+        return cls(mask, mask.shape[1])
 
     @classmethod
-    def cascade(cls, mask: torch.Tensor, groups: list[tuple[list[int], int]]) -> _Layout:
+    def cascade(cls, mask: torch.Tensor, groups: list[tuple[list[int], int]], dtype: torch.dtype) -> _Layout:
         order = [r for rows, _ in groups for r in rows]
         real = [mask[r].nonzero().squeeze(1) for r in order]
         spans, own, start = [], [], 0
@@ -340,7 +340,11 @@ class _Layout:
         buffer_mask = torch.zeros(len(order), width, dtype=mask.dtype, device=mask.device)
         for i, c in enumerate(own):
             buffer_mask[i, width - len(c) :] = 1
-        layout = cls(buffer_mask, width, own, torch.tensor(order, device=mask.device), spans)
+        layout = cls(buffer_mask, width, torch.tensor(order, device=mask.device), own, spans)
+        longest = max(len(c) for *_, c in spans)
+        layout.shared_bias = torch.zeros(len(spans), 1, 1, longest, dtype=dtype, device=mask.device)
+        for g, (*_, c) in enumerate(spans):
+            layout.shared_bias[g, ..., len(c) :] = torch.finfo(dtype).min
         n = layout.group_rows = max(end - start for start, end, _, _ in spans)
         if any(end - start < n for start, end, _, _ in spans):
             slots = [min(start + j, end - 1) for start, end, _, _ in spans for j in range(n)]
@@ -367,11 +371,7 @@ class _Layout:
         longest (``shared_bias`` masks the padding)."""
         if self.spans is None:
             return None
-        longest = max(len(c) for *_, c in self.spans)
-        if self.shared_bias is None:
-            self.shared_bias = k.new_zeros(len(self.spans), 1, 1, longest)
-            for g, (*_, c) in enumerate(self.spans):
-                self.shared_bias[g, ..., len(c) :] = torch.finfo(k.dtype).min
+        longest = self.shared_bias.shape[-1]
         k_s = k.new_zeros(len(self.spans), k.shape[1], longest, k.shape[3])
         v_s = v.new_zeros(len(self.spans), v.shape[1], longest, v.shape[3])
         for g, (_, _, row, c) in enumerate(self.spans):
@@ -404,9 +404,8 @@ class Decoded:
         first ``new`` new tokens (at most n-1: the last token sampled was never fed back)."""
         layout = self.layout
         i = layout.buffer_row(row)
-        own, width = layout.columns[i], layout.width
-        prompt = own if layout.order is None else torch.arange(width - len(own), width)
-        columns = torch.cat([prompt, torch.arange(width, width + new)])
+        width = layout.width
+        columns = torch.cat([layout.mask[i].nonzero().squeeze(1), torch.arange(width, width + new, device=layout.mask.device)])
         group = layout.group_of(i)
         out = []
         for layer, (k, v) in enumerate(zip(self.keys, self.values)):
