@@ -27,9 +27,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from debate_lightning.models import native
 from debate_lightning.models.packed_linear import packed_matmul
 
 Linear = Callable[[torch.Tensor], torch.Tensor]
+# (layer index, queries (B, kv, heads per kv, D), key buffer, value buffer, width) -> (B, kv, heads per kv, D)
+_Attend = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]
 
 
 def _base_model(model: torch.nn.Module) -> torch.nn.Module:
@@ -115,7 +118,10 @@ class FastDecoder:
             return f"activation {config.hidden_act!r}"
         return _lora_unsupported(model)
 
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, native_attention: bool = True):
+        """``native_attention``: use the compiled decode-attention kernel (``models/native``)
+        where it runs; False keeps torch ops everywhere."""
+        self.native_attention = native_attention
         reason = self.unsupported(model)
         if reason is not None:
             raise ValueError(f"lean decoding does not support this model: {reason}")
@@ -153,18 +159,12 @@ class FastDecoder:
         self.apply_rope = apply_rotary_pos_emb  # the same function Mistral and Qwen2/3 use
 
     # -- one step -----------------------------------------------------------------------------
-    def _step(self, tokens: torch.Tensor, positions: torch.Tensor, keys, values, column: int, bias: torch.Tensor, shared=None):
-        """Logits for one new token per row; writes its keys/values at ``column`` of the buffers.
-
-        ``shared`` (optional) is ``(layout, per_layer)``: ``per_layer[l]`` holds layer l's shared
-        prefixes, (G, kv_heads, S, D) keys and values that the rows of each group also attend to.
-        """
+    def _step(self, tokens: torch.Tensor, positions: torch.Tensor, keys, values, column: int, attend: _Attend):
+        """Logits for one new token per row; writes its keys/values at ``column`` of the buffers."""
         batch = tokens.shape[0]
         h, kv, d = self.num_heads, self.num_kv_heads, self.head_dim
         x = self.embed(tokens)  # (B, H)
         cos, sin = self.rotary(x, positions[:, None])  # (B, 1, D)
-        scale = 1.0 / math.sqrt(d)
-        width = column + 1
         for index, (layer, k_buf, v_buf) in enumerate(zip(self.layers, keys, values)):
             qkv = layer.qkv(layer.norm_in(x))
             q = qkv[:, : h * d].view(batch, h, 1, d)
@@ -175,16 +175,33 @@ class FastDecoder:
             v_buf[:, :, column : column + 1] = v
             # Grouped-query attention without expanding the key/value heads: the query heads of
             # one kv head (HF's repeat_kv maps head i to kv head i // groups) form its rows.
-            qg = q.view(batch, kv, h // kv, d)
-            scores = torch.matmul(qg, k_buf[:, :, :width].transpose(-1, -2)).mul_(scale).add_(bias[:, None, None, :width])
-            if shared is None:
-                attn = torch.matmul(torch.softmax(scores, dim=-1), v_buf[:, :, :width])
-            else:
-                attn = _cascade(qg, scores, v_buf[:, :, :width], shared[1][index], shared[0], scale)
+            attn = attend(index, q.view(batch, kv, h // kv, d), k_buf, v_buf, column + 1)
             x = x + layer.o(attn.reshape(batch, h * d))
             gate, up = layer.gate_up(layer.norm_post(x)).split(self.intermediate, dim=-1)
             x = x + layer.down(F.silu(gate) * up)
         return self.lm_head(self.norm(x)).float()
+
+    def _attention(self, layout: _Layout, shared_kv, total: int, dtype: torch.dtype) -> _Attend:
+        """Attention for every step of one decode: the native kernel where it runs (CPU, fp32,
+        rows left-padded), else torch ops (with cascade merging when rows share prefixes)."""
+        batch, g, d = layout.mask.shape[0], self.num_heads // self.num_kv_heads, self.head_dim
+        start = layout.starts()
+        cpu_fp32 = layout.mask.device.type == "cpu" and dtype == torch.float32
+        lib = native.library() if self.native_attention and cpu_fp32 else None
+        if lib is not None and start is not None and native.DecodeAttention.supports(d, g):
+            group, lengths = layout.row_groups()
+            return native.DecodeAttention(lib, batch, self.num_kv_heads, g, d, start, total, shared_kv, group, lengths)
+        bias = torch.zeros(batch, total, dtype=dtype, device=layout.mask.device)
+        bias[:, : layout.width].masked_fill_(layout.mask == 0, torch.finfo(dtype).min)
+        scale = 1.0 / math.sqrt(d)
+
+        def attend(index: int, q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor, width: int) -> torch.Tensor:
+            scores = torch.matmul(q, k_buf[:, :, :width].transpose(-1, -2)).mul_(scale).add_(bias[:, None, None, :width])
+            if shared_kv[index] is None:
+                return torch.matmul(torch.softmax(scores, dim=-1), v_buf[:, :, :width])
+            return _cascade(q, scores, v_buf[:, :, :width], shared_kv[index], layout, scale)
+
+        return attend
 
     # -- the loop ------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -231,8 +248,7 @@ class FastDecoder:
             keys.append(k_buf)
             values.append(v_buf)
             shared_kv.append(layout.shared(k, v))
-        bias = torch.zeros(batch, total, dtype=keys[0].dtype, device=mask.device)
-        bias[:, :width].masked_fill_(layout.mask == 0, torch.finfo(bias.dtype).min)
+        attend = self._attention(layout, shared_kv, total, keys[0].dtype)
         positions = mask.sum(-1)
         eos = torch.tensor(list(eos_ids), device=mask.device)
         done = torch.zeros(batch, dtype=torch.bool, device=mask.device)
@@ -251,7 +267,7 @@ class FastDecoder:
             done |= torch.isin(token, eos)
             if bool(done.all()) or step == max_new_tokens - 1:
                 break
-            logits = self._step(token, positions, keys, values, width + step, bias, None if groups is None else (layout, shared_kv))
+            logits = self._step(token, positions, keys, values, width + step, attend)
             positions = positions + 1
         stacked = None
         if scores is not None:
@@ -378,6 +394,22 @@ class _Layout:
             k_s[g, :, : len(c)] = k[row, :, c]
             v_s[g, :, : len(c)] = v[row, :, c]
         return k_s, v_s
+
+    def starts(self) -> torch.Tensor | None:
+        """Each buffer row's first real column, if every row is left-padded (real columns
+        contiguous to the end); None otherwise."""
+        start = self.width - self.mask.sum(-1)
+        columns = torch.arange(self.width, device=self.mask.device)
+        return start if torch.equal(self.mask != 0, columns >= start[:, None]) else None
+
+    def row_groups(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Each buffer row's group (index into ``spans``) and each group's shared length."""
+        if self.spans is None:
+            return None, None
+        group = torch.empty(self.mask.shape[0], dtype=torch.int64)
+        for g, (start, end, _, _) in enumerate(self.spans):
+            group[start:end] = g
+        return group, torch.tensor([len(c) for *_, c in self.spans], dtype=torch.int64)
 
     def buffer_row(self, row: int) -> int:
         return row if self.order is None else int((self.order == row).nonzero()[0])

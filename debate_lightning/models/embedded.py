@@ -40,12 +40,17 @@ def gguf_path() -> Path:
     return files[0]
 
 
-def cache_dir() -> Path:
+def cache_root() -> Path:
     """``$DEBATE_LIGHTNING_CACHE`` or ``$XDG_CACHE_HOME/debate_lightning`` (default ~/.cache)."""
     root = os.environ.get("DEBATE_LIGHTNING_CACHE")
     if root is None:
         root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "debate_lightning"
-    return Path(root) / CACHE_NAME
+    return Path(root)
+
+
+def cache_dir() -> Path:
+    """Where the embedded model's safetensors checkpoint lives."""
+    return cache_root() / CACHE_NAME
 
 
 def is_prepared(path: Path | None = None) -> bool:

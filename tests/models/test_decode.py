@@ -3,8 +3,9 @@
 import pytest
 import torch
 
+from debate_lightning.models import native
 from debate_lightning.models.base import SamplingParams
-from debate_lightning.models.decode import FastDecoder, Sampler
+from debate_lightning.models.decode import FastDecoder, Sampler, _Layout
 from debate_lightning.models.hf import HFGenerator
 
 SYSTEM = "You judge debates about stories. " * 6
@@ -41,11 +42,9 @@ def test_greedy_equals_generate_with_padding(tiny_generator, prefix_cache):
         assert lean.stats["prefix_hits"] > 0
 
 
-def test_step_logits_equal_forward(tiny_generator):
+def _step_logits_against_forward(gen, decoder):
     """Teacher-force one continuation through the loop's step and through forward()."""
-    gen = tiny_generator
     model = gen.model
-    decoder = FastDecoder(model)
     prompts = [gen.prompt_ids(c) for c in CHATS]
     ids, mask = gen._left_pad(prompts)
     follow = torch.randint(100, 1000, (len(prompts), 5))
@@ -55,18 +54,24 @@ def test_step_logits_equal_forward(tiny_generator):
         width = ids.shape[1]
         keys = [torch.cat([layer.keys, layer.keys.new_zeros(*layer.keys.shape[:2], 5, layer.keys.shape[3])], 2) for layer in layers]
         values = [torch.cat([layer.values, layer.values.new_zeros(*layer.values.shape[:2], 5, layer.values.shape[3])], 2) for layer in layers]
-        bias = torch.zeros(len(prompts), width + 5)
-        bias[:, :width].masked_fill_(mask == 0, torch.finfo(torch.float32).min)
+        attend = decoder._attention(_Layout.plain(mask), [None] * len(keys), width + 5, torch.float32)
+        native_used = isinstance(attend, native.DecodeAttention)
         positions = mask.sum(-1)
         stepped = []
         for j in range(5):
-            stepped.append(decoder._step(follow[:, j], positions + j, keys, values, width + j, bias))
+            stepped.append(decoder._step(follow[:, j], positions + j, keys, values, width + j, attend))
         full_ids = torch.cat([ids, follow], 1)
         full_mask = torch.cat([mask, torch.ones_like(follow)], 1)
         reference = model(
             input_ids=full_ids, attention_mask=full_mask, position_ids=(full_mask.cumsum(-1) - 1).clamp(min=0)
         ).logits[:, width:]
     torch.testing.assert_close(torch.stack(stepped, 1), reference.float(), rtol=1e-4, atol=1e-4)
+    return native_used
+
+
+def test_step_logits_equal_forward(tiny_generator):
+    # 8-wide heads: the native kernel does not take them, torch ops run
+    assert not _step_logits_against_forward(tiny_generator, FastDecoder(tiny_generator.model))
 
 
 def test_sampler_processing_equals_transformers_warpers():
@@ -187,11 +192,35 @@ def test_embedded_model_greedy_matches_generate(embedded):
     _assert_same(lean.generate(chats, params), hf.generate(chats, params))
 
 
-def test_shared_prefix_attention_equals_plain_attention(tiny_generator):
+@pytest.fixture(scope="module")
+def wide_generator(tokenizer):
+    """A random 2-layer Llama with 64-wide heads, 3 query heads per kv head (as SmolLM2): the
+    shapes the native decode-attention kernel runs."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=384, intermediate_size=256, num_hidden_layers=2,
+        num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=4096,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    return HFGenerator(model=LlamaForCausalLM(config).eval(), tokenizer=tokenizer, name="wide")
+
+
+def test_native_attention_step_logits_equal_forward(wide_generator):
+    """The compiled kernel runs wherever it can be built (here: x86-64 with AVX2 and gcc)."""
+    used = _step_logits_against_forward(wide_generator, FastDecoder(wide_generator.model))
+    assert used == (native.disabled_reason() is None) == (native.library() is not None)
+
+
+@pytest.mark.parametrize("native_attention", [True, False])
+@pytest.mark.parametrize("model", ["tiny", "wide"])
+def test_shared_prefix_attention_equals_plain_attention(tiny_generator, wide_generator, model, native_attention):
     """Rows grouped by a shared system message (read once per group, softmaxes merged by their
     log-sum-exp) decode the same tokens and logits as every row reading its own copy; the KV a
-    row keeps for its next turn is the same either way."""
-    gen = tiny_generator
+    row keeps for its next turn is the same either way. Both attention paths: torch ops, and the
+    native kernel where the model's shapes allow it (the wide model)."""
+    gen = tiny_generator if model == "tiny" else wide_generator
     other = "Judge stories carefully. " * 4
     chats = [
         [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Which is bigger, a cat or a mouse?"}],
@@ -204,10 +233,14 @@ def test_shared_prefix_attention_equals_plain_attention(tiny_generator):
     system_lens = [gen.system_prefix_len(c, p) for c, p in zip(chats, prompts)]
     groups = [([0, 2, 4], system_lens[0]), ([1, 3], system_lens[1])]
     ids, mask = gen._left_pad(prompts)
-    decoder = FastDecoder(gen.model)
+    decoder = FastDecoder(gen.model, native_attention=native_attention)
     with torch.inference_mode():
         out = gen.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=True)
     layers = out.past_key_values.layers if hasattr(out, "past_key_values") else out.cache.layers
+    reference = FastDecoder(gen.model, native_attention=False).decode(
+        [layer.keys for layer in layers], [layer.values for layer in layers], mask, out.logits[:, -1], 8,
+        Sampler(greedy=True), gen.eos_ids, gen.tokenizer.pad_token_id, want_scores=True,
+    )
     runs = [
         decoder.decode(
             [layer.keys for layer in layers], [layer.values for layer in layers], mask, out.logits[:, -1], 8,
@@ -217,6 +250,10 @@ def test_shared_prefix_attention_equals_plain_attention(tiny_generator):
     ]
     plain, cascade = runs
     assert plain.layout.order is None and cascade.layout.order is not None  # the cascade really ran
+    attend = decoder._attention(cascade.layout, cascade.shared_kv, cascade.layout.width + 8, torch.float32)
+    assert isinstance(attend, native.DecodeAttention) == (native_attention and model == "wide" and native.library() is not None)
+    assert torch.equal(plain.tokens, reference.tokens)
+    torch.testing.assert_close(plain.scores, reference.scores, atol=1e-4, rtol=1e-4)
     assert torch.equal(plain.tokens, cascade.tokens)
     torch.testing.assert_close(cascade.scores, plain.scores, atol=1e-4, rtol=1e-4)
     for row in range(len(chats)):

@@ -1,0 +1,172 @@
+"""Native CPU kernels, compiled once with the system C compiler and loaded with ``ctypes``.
+
+One kernel so far: decode-step attention (``decode_attention.c``), the part of a lean decode
+step that torch's batched matmuls run at half the memory bandwidth (tiny per-row products of
+a few query heads against a long cache). It is built on first use for the CPU it runs on
+(``-march=native``) into ``<cache>/kernels/`` (see ``embedded.cache_root``), keyed by the
+source, the compiler and the CPU, so a cluster with mixed nodes keeps one build per kind.
+
+Everything here is optional: without an x86-64 CPU with AVX2 and FMA, without a C compiler
+(``$CC``, ``cc`` or ``gcc``), or with ``DEBATE_LIGHTNING_NATIVE=0``, :func:`library` returns
+None and callers use their torch path. A failed build is reported once (with the compiler's
+message) and never raised: decoding is only slower.
+
+The library links OpenMP; ``torch`` is imported first, so its own OpenMP runtime (the one its
+kernels use) is the one that gets loaded, and both share one thread pool.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+from debate_lightning.models.embedded import cache_root
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("decode_attention.c")
+FLAGS = ("-O3", "-march=native", "-ffast-math", "-fopenmp", "-shared", "-fPIC")
+_P, _I = ctypes.c_void_p, ctypes.c_int64
+
+
+def _cpu() -> tuple[str, set[str]]:
+    """The CPU's model name and feature flags (Linux), or empty when unknown."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "", set()
+    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    return fields.get("model name", ""), set(fields.get("flags", "").split())
+
+
+def _compiler() -> str | None:
+    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+
+
+def disabled_reason() -> str | None:
+    """Why native kernels cannot be used here (None: they can, if the build succeeds)."""
+    if os.environ.get("DEBATE_LIGHTNING_NATIVE", "1").lower() in ("0", "false", "no", "off"):
+        return "turned off by DEBATE_LIGHTNING_NATIVE"
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return f"CPU architecture {platform.machine()} (the kernels use AVX2)"
+    if not {"avx2", "fma"} <= _cpu()[1]:
+        return "this CPU lacks AVX2/FMA"
+    if _compiler() is None:
+        return "no C compiler (set $CC or install gcc)"
+    return None
+
+
+def build(directory: Path | None = None) -> Path:
+    """Compile the kernels (if this build does not exist yet) and return the library's path.
+
+    Raises ``RuntimeError`` with the compiler's output when compilation fails."""
+    compiler = _compiler()
+    if compiler is None:
+        raise RuntimeError("no C compiler found (set $CC or install gcc)")
+    source = SOURCE.read_bytes()
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
+    model, flags = _cpu()
+    key = hashlib.sha256(b"\0".join([source, " ".join(FLAGS).encode(), version.encode(), model.encode(),
+                                     " ".join(sorted(flags)).encode()])).hexdigest()[:16]
+    directory = directory or cache_root() / "kernels"
+    target = directory / f"decode_attention-{key}.so"
+    if target.is_file():
+        return target
+    directory.mkdir(parents=True, exist_ok=True)
+    # Build beside the target and rename: concurrent builds (DDP ranks) never load a half file.
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=directory)
+    os.close(fd)
+    try:
+        result = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", tmp, "-lm"], capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"compiling {SOURCE} with {compiler} failed:\n{result.stderr.strip()[-2000:]}")
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
+@functools.cache
+def library() -> ctypes.CDLL | None:
+    """The loaded kernels, or None where they cannot be used (reported once in the log)."""
+    reason = disabled_reason()
+    if reason is None:
+        try:
+            lib = ctypes.CDLL(str(build()))
+        except (RuntimeError, OSError) as err:
+            reason = str(err)
+        else:
+            lib.decode_attention.restype = ctypes.c_int
+            lib.decode_attention.argtypes = [_P, _P, _P, _P, _I, _I, _I, _I, _I, _I, ctypes.c_float,
+                                             _P, _P, _P, _P, _I, _P, _P]
+            return lib
+    log.info("native CPU kernels not used: %s", reason)
+    return None
+
+
+def _ptr(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+class DecodeAttention:
+    """Attention of one new token per row for a whole decode, built once per ``decode`` call with
+    the row layout, then called per layer and step as ``(layer, q, keys, values, width)``.
+
+    ``start[b]``: first valid column of row b in the cache buffers (left padding before it).
+    ``shared[layer]``: None, or that layer's (G, kv, S, d) shared-prefix keys and values; then
+    ``group[b]`` is row b's group (-1: none) and ``shared_len[g]`` group g's prefix length.
+    """
+
+    def __init__(self, lib: ctypes.CDLL, batch: int, kv_heads: int, heads_per_kv: int, head_dim: int,
+                 start: torch.Tensor, max_width: int, shared: list | None = None,
+                 group: torch.Tensor | None = None, shared_len: torch.Tensor | None = None):
+        if not self.supports(head_dim, heads_per_kv):
+            raise ValueError(f"decode attention does not support head_dim {head_dim} with {heads_per_kv} heads per kv head")
+        self.lib = lib
+        self.shape = (batch, kv_heads, heads_per_kv, head_dim)
+        self.start = start.to(torch.int64).contiguous()
+        self.shared = shared if shared is not None and shared[0] is not None else None
+        if self.shared is not None:
+            if group is None or shared_len is None:
+                raise ValueError("shared prefixes need each row's group and each group's length")
+            for keys, values in self.shared:
+                if not (keys.is_contiguous() and values.is_contiguous()) or keys.shape[1] != kv_heads:
+                    raise ValueError("shared prefixes must be contiguous (G, kv, S, d) tensors")
+            self.group = group.to(torch.int64).contiguous()
+            self.shared_len = shared_len.to(torch.int64).contiguous()
+        self.shared_width = 0 if self.shared is None else self.shared[0][0].shape[2]
+        self.scale = head_dim**-0.5
+        self.out = torch.empty(self.shape)
+        self.scratch = torch.empty(batch * kv_heads * heads_per_kv * (self.shared_width + max_width))
+
+    @staticmethod
+    def supports(head_dim: int, heads_per_kv: int) -> bool:
+        """Shapes the kernel handles (it also needs fp32 CPU tensors)."""
+        return head_dim % 32 == 0 and 1 <= heads_per_kv <= 16
+
+    def __call__(self, layer: int, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, width: int) -> torch.Tensor:
+        """q (B, kv, g, d); keys/values (B, kv, T, d) buffers, attended over columns [start, width)
+        after the row's shared prefix. Returns (B, kv, g, d) in a buffer the next call overwrites."""
+        batch, kv, g, d = self.shape
+        q = q.contiguous()
+        if not (keys.is_contiguous() and values.is_contiguous()) or keys.shape[:2] != (batch, kv) or width > keys.shape[2]:
+            raise ValueError("decode attention needs contiguous (B, kv, T, d) key/value buffers with T >= width")
+        ks, vs = self.shared[layer] if self.shared is not None else (None, None)
+        self.lib.decode_attention(
+            q.data_ptr(), keys.data_ptr(), values.data_ptr(), self.start.data_ptr(), batch, kv, g, d,
+            keys.shape[2], width, self.scale, _ptr(ks), _ptr(vs), _ptr(self.group if ks is not None else None),
+            _ptr(self.shared_len if ks is not None else None), self.shared_width, self.out.data_ptr(), self.scratch.data_ptr(),
+        )
+        return self.out

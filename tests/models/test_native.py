@@ -1,0 +1,97 @@
+"""The compiled decode-attention kernel against attention written out in torch."""
+
+import pytest
+import torch
+
+from debate_lightning.models import native
+
+
+
+def _library():
+    """The kernels; where they cannot run (no AVX2 or no compiler), the contract is that callers
+    get None and keep their torch path, which is what the test then checks instead."""
+    lib = native.library()
+    assert (lib is None) == (native.disabled_reason() is not None)
+    return lib
+
+
+def _reference(q, keys, values, start, width, shared, group, shared_len):
+    """softmax(q k^T / sqrt(d)) v per row and query head, over [shared prefix ; own columns]."""
+    batch, kv, g, d = q.shape
+    out = torch.empty_like(q)
+    for b in range(batch):
+        k, v = keys[b, :, start[b] : width], values[b, :, start[b] : width]
+        if shared is not None and group[b] >= 0:
+            n = shared_len[group[b]]
+            k = torch.cat([shared[0][group[b], :, :n], k], 1)
+            v = torch.cat([shared[1][group[b], :, :n], v], 1)
+        weights = torch.softmax(q[b] @ k.transpose(-1, -2) / d**0.5, -1)  # (kv, g, L)
+        out[b] = weights @ v
+    return out
+
+
+@pytest.mark.parametrize(("g", "d"), [(1, 64), (3, 64), (4, 128), (7, 64)])
+@pytest.mark.parametrize("with_shared", [False, True])
+def test_kernel_matches_torch(g, d, with_shared):
+    torch.manual_seed(g * d)
+    batch, kv, total, width = 5, 2, 40, 33
+    q = torch.randn(batch, kv, g, d)
+    keys, values = torch.randn(batch, kv, total, d), torch.randn(batch, kv, total, d)
+    start = torch.tensor([0, 5, 17, 32, 9])  # row 3 has a single own column
+    shared = group = shared_len = None
+    if with_shared:
+        shared = [(torch.randn(3, kv, 21, d), torch.randn(3, kv, 21, d))]
+        group = torch.tensor([0, 2, 0, -1, 1])  # row 3 shares nothing
+        shared_len = torch.tensor([21, 4, 13])
+    if (lib := _library()) is None:
+        return
+    kernel = native.DecodeAttention(lib, batch, kv, g, d, start, total, shared, group, shared_len)
+    got = kernel(0, q, keys, values, width)
+    want = _reference(q, keys, values, start, width, None if shared is None else shared[0], group, shared_len)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    # columns before a row's start and at or after width are never read
+    keys[:, :, width:] = float("nan")
+    for b in range(batch):
+        keys[b, :, : start[b]] = float("nan")
+        values[b, :, : start[b]] = float("nan")
+    torch.testing.assert_close(kernel(0, q, keys, values, width), want, rtol=1e-5, atol=1e-5)
+
+
+def test_unsupported_shapes_and_buffers_are_refused():
+    if (lib := _library()) is None:
+        return
+    with pytest.raises(ValueError, match="head_dim 48"):
+        native.DecodeAttention(lib, 2, 1, 3, 48, torch.zeros(2, dtype=torch.long), 8)
+    kernel = native.DecodeAttention(lib, 2, 1, 3, 64, torch.zeros(2, dtype=torch.long), 8)
+    q, keys = torch.randn(2, 1, 3, 64), torch.randn(2, 1, 8, 64)
+    with pytest.raises(ValueError, match="T >= width"):
+        kernel(0, q, keys, keys, 9)
+    with pytest.raises(ValueError, match="contiguous"):
+        kernel(0, q, keys.transpose(2, 3).contiguous().transpose(2, 3), keys, 4)
+    with pytest.raises(ValueError, match="group"):
+        native.DecodeAttention(lib, 2, 1, 3, 64, torch.zeros(2, dtype=torch.long), 8, [(keys, keys)])
+
+
+def test_build_is_cached_per_source_and_failures_name_the_compiler(tmp_path, monkeypatch):
+    if native._compiler() is None or not {"avx2", "fma"} <= native._cpu()[1]:
+        with pytest.raises(RuntimeError):  # no compiler, or the intrinsics do not compile
+            native.build(tmp_path)
+        return
+    first = native.build(tmp_path)
+    stamp = first.stat().st_mtime_ns
+    assert native.build(tmp_path) == first and first.stat().st_mtime_ns == stamp  # not rebuilt
+    assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no temporary files left
+    broken = tmp_path / "broken.c"
+    broken.write_text("this is not C\n")
+    monkeypatch.setattr(native, "SOURCE", broken)
+    with pytest.raises(RuntimeError, match="broken.c"):
+        native.build(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([first.name, "broken.c"])
+
+
+def test_switch_and_missing_compiler_are_reported(monkeypatch):
+    monkeypatch.setenv("DEBATE_LIGHTNING_NATIVE", "0")
+    assert "DEBATE_LIGHTNING_NATIVE" in native.disabled_reason()
+    monkeypatch.delenv("DEBATE_LIGHTNING_NATIVE")
+    monkeypatch.setattr(native, "_compiler", lambda: None)
+    assert "compiler" in native.disabled_reason()
