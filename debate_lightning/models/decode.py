@@ -20,6 +20,7 @@ plain LoRA, dynamic RoPE) keep using ``generate``: ``FastDecoder.unsupported(mod
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from debate_lightning.models import native
+from debate_lightning.models import native as native_kernels
 from debate_lightning.models.packed_linear import packed_matmul
 
 Linear = Callable[[torch.Tensor], torch.Tensor]
@@ -118,22 +119,24 @@ class FastDecoder:
             return f"activation {config.hidden_act!r}"
         return _lora_unsupported(model)
 
-    def __init__(self, model: torch.nn.Module, native_attention: bool = True):
-        """``native_attention``: use the compiled decode-attention kernel (``models/native``)
-        where it runs; False keeps torch ops everywhere."""
-        self.native_attention = native_attention
+    def __init__(self, model: torch.nn.Module, native: bool = True):
+        """``native``: use the compiled CPU kernels (``models/native``: small-batch linears and
+        decode attention) where they run; False keeps torch ops everywhere."""
         reason = self.unsupported(model)
         if reason is not None:
             raise ValueError(f"lean decoding does not support this model: {reason}")
         base = _base_model(model)
         config = base.config
+        weight = base.lm_head.weight
+        self.native = native_kernels.library() if native and weight.device.type == "cpu" and weight.dtype == torch.float32 else None
+        matmul = packed_matmul if self.native is None else functools.partial(native_kernels.SmallLinear, self.native)
         self.num_heads = config.num_attention_heads
         self.num_kv_heads = getattr(config, "num_key_value_heads", None) or self.num_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.num_heads
         self.embed = base.model.embed_tokens
         self.rotary = base.model.rotary_emb
         self.norm = _rms_norm(base.model.norm)
-        self.lm_head = packed_matmul(_effective_weight(base.lm_head))
+        self.lm_head = matmul(_effective_weight(base.lm_head))
         self.layers = []
         with torch.no_grad():
             for layer in base.model.layers:
@@ -142,15 +145,15 @@ class FastDecoder:
                 if _bias(attn.q_proj) is not None:  # qwen2 keeps biases on q/k/v
                     qkv_bias = torch.cat([_bias(attn.q_proj), _bias(attn.k_proj), _bias(attn.v_proj)])
                 qkv_w = torch.cat([_effective_weight(m) for m in (attn.q_proj, attn.k_proj, attn.v_proj)])
-                qkv = packed_matmul(qkv_w, qkv_bias)
+                qkv = matmul(qkv_w, qkv_bias)
                 self.layers.append(
                     _Layer(
                         norm_in=_rms_norm(layer.input_layernorm),
                         qkv=qkv,
-                        o=packed_matmul(_effective_weight(attn.o_proj)),
+                        o=matmul(_effective_weight(attn.o_proj)),
                         norm_post=_rms_norm(layer.post_attention_layernorm),
-                        gate_up=packed_matmul(torch.cat([_effective_weight(mlp.gate_proj), _effective_weight(mlp.up_proj)])),
-                        down=packed_matmul(_effective_weight(mlp.down_proj)),
+                        gate_up=matmul(torch.cat([_effective_weight(mlp.gate_proj), _effective_weight(mlp.up_proj)])),
+                        down=matmul(_effective_weight(mlp.down_proj)),
                     )
                 )
         self.intermediate = config.intermediate_size
@@ -186,11 +189,10 @@ class FastDecoder:
         rows left-padded), else torch ops (with cascade merging when rows share prefixes)."""
         batch, g, d = layout.mask.shape[0], self.num_heads // self.num_kv_heads, self.head_dim
         start = layout.starts()
-        cpu_fp32 = layout.mask.device.type == "cpu" and dtype == torch.float32
-        lib = native.library() if self.native_attention and cpu_fp32 else None
-        if lib is not None and start is not None and native.DecodeAttention.supports(d, g):
+        lib = self.native if layout.mask.device.type == "cpu" and dtype == torch.float32 else None
+        if lib is not None and start is not None and native_kernels.DecodeAttention.supports(d, g):
             group, lengths = layout.row_groups()
-            return native.DecodeAttention(lib, batch, self.num_kv_heads, g, d, start, total, shared_kv, group, lengths)
+            return native_kernels.DecodeAttention(lib, batch, self.num_kv_heads, g, d, start, total, shared_kv, group, lengths)
         bias = torch.zeros(batch, total, dtype=dtype, device=layout.mask.device)
         bias[:, : layout.width].masked_fill_(layout.mask == 0, torch.finfo(dtype).min)
         scale = 1.0 / math.sqrt(d)

@@ -207,15 +207,15 @@ def wide_generator(tokenizer):
     return HFGenerator(model=LlamaForCausalLM(config).eval(), tokenizer=tokenizer, name="wide")
 
 
-def test_native_attention_step_logits_equal_forward(wide_generator):
+def test_native_step_logits_equal_forward(wide_generator):
     """The compiled kernel runs wherever it can be built (here: x86-64 with AVX2 and gcc)."""
     used = _step_logits_against_forward(wide_generator, FastDecoder(wide_generator.model))
     assert used == (native.disabled_reason() is None) == (native.library() is not None)
 
 
-@pytest.mark.parametrize("native_attention", [True, False])
+@pytest.mark.parametrize("use_native", [True, False])
 @pytest.mark.parametrize("model", ["tiny", "wide"])
-def test_shared_prefix_attention_equals_plain_attention(tiny_generator, wide_generator, model, native_attention):
+def test_shared_prefix_attention_equals_plain_attention(tiny_generator, wide_generator, model, use_native):
     """Rows grouped by a shared system message (read once per group, softmaxes merged by their
     log-sum-exp) decode the same tokens and logits as every row reading its own copy; the KV a
     row keeps for its next turn is the same either way. Both attention paths: torch ops, and the
@@ -233,11 +233,11 @@ def test_shared_prefix_attention_equals_plain_attention(tiny_generator, wide_gen
     system_lens = [gen.system_prefix_len(c, p) for c, p in zip(chats, prompts)]
     groups = [([0, 2, 4], system_lens[0]), ([1, 3], system_lens[1])]
     ids, mask = gen._left_pad(prompts)
-    decoder = FastDecoder(gen.model, native_attention=native_attention)
+    decoder = FastDecoder(gen.model, native=use_native)
     with torch.inference_mode():
         out = gen.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=True)
     layers = out.past_key_values.layers if hasattr(out, "past_key_values") else out.cache.layers
-    reference = FastDecoder(gen.model, native_attention=False).decode(
+    reference = FastDecoder(gen.model, native=False).decode(
         [layer.keys for layer in layers], [layer.values for layer in layers], mask, out.logits[:, -1], 8,
         Sampler(greedy=True), gen.eos_ids, gen.tokenizer.pad_token_id, want_scores=True,
     )
@@ -251,7 +251,7 @@ def test_shared_prefix_attention_equals_plain_attention(tiny_generator, wide_gen
     plain, cascade = runs
     assert plain.layout.order is None and cascade.layout.order is not None  # the cascade really ran
     attend = decoder._attention(cascade.layout, cascade.shared_kv, cascade.layout.width + 8, torch.float32)
-    assert isinstance(attend, native.DecodeAttention) == (native_attention and model == "wide" and native.library() is not None)
+    assert isinstance(attend, native.DecodeAttention) == (use_native and model == "wide" and native.library() is not None)
     assert torch.equal(plain.tokens, reference.tokens)
     torch.testing.assert_close(plain.scores, reference.scores, atol=1e-4, rtol=1e-4)
     assert torch.equal(plain.tokens, cascade.tokens)

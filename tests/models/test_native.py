@@ -57,6 +57,25 @@ def test_kernel_matches_torch(g, d, with_shared):
     torch.testing.assert_close(kernel(0, q, keys, values, width), want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("rows", [1, 5, 6, 7, 16, 64, 65, 130])
+@pytest.mark.parametrize(("n", "k", "with_bias"), [(40, 200, True), (960, 576, False), (16, 129, False)])
+def test_small_linear_matches_f_linear(rows, n, k, with_bias):
+    """Every row-block remainder (6-row blocks, 64-row passes), output widths off the 16-column
+    strips, and k off the 128-wide chunks."""
+    if (lib := _library()) is None:
+        return
+    torch.manual_seed(rows + n + k)
+    weight, x = torch.randn(n, k), torch.randn(rows, k)
+    bias = torch.randn(n) if with_bias else None
+    linear = native.SmallLinear(lib, weight, bias)
+    torch.testing.assert_close(linear(x), torch.nn.functional.linear(x, weight, bias), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(linear(x[:, :].t().contiguous().t()), torch.nn.functional.linear(x, weight, bias), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match=f"SmallLinear\\({k} -> {n}\\)"):
+        linear(torch.randn(rows, k + 1))
+    with pytest.raises(ValueError, match="fp32 CPU weight"):
+        native.SmallLinear(lib, weight.double())
+
+
 def test_unsupported_shapes_and_buffers_are_refused():
     if (lib := _library()) is None:
         return
@@ -83,7 +102,7 @@ def test_build_is_cached_per_source_and_failures_name_the_compiler(tmp_path, mon
     assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no temporary files left
     broken = tmp_path / "broken.c"
     broken.write_text("this is not C\n")
-    monkeypatch.setattr(native, "SOURCE", broken)
+    monkeypatch.setattr(native, "SOURCES", (broken,))
     with pytest.raises(RuntimeError, match="broken.c"):
         native.build(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([first.name, "broken.c"])

@@ -1,8 +1,15 @@
-"""Native CPU kernels, compiled once with the system C compiler and loaded with ``ctypes``.
+"""Native CPU kernels for the lean decode loop, compiled once with the system C compiler and
+loaded with ``ctypes``.
 
-One kernel so far: decode-step attention (``decode_attention.c``), the part of a lean decode
-step that torch's batched matmuls run at half the memory bandwidth (tiny per-row products of
-a few query heads against a long cache). It is built on first use for the CPU it runs on
+A decode step at batch 16 is bound by streaming weights and KV caches from memory, and torch's
+kernels (tuned for big products) reach about half of this CPU's bandwidth there:
+
+* ``decode_attention.c``: one query token per row against its cache (and its group's shared
+  prefix), each key/value row read once (:class:`DecodeAttention`);
+* ``small_gemm.c``: linears of a few rows against weights packed once into 16-column strips
+  (:class:`SmallLinear`).
+
+They are built on first use for the CPU they run on
 (``-march=native``) into ``<cache>/kernels/`` (see ``embedded.cache_root``), keyed by the
 source, the compiler and the CPU, so a cluster with mixed nodes keeps one build per kind.
 
@@ -34,7 +41,7 @@ from debate_lightning.models.embedded import cache_root
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("decode_attention.c")
+SOURCES = tuple(Path(__file__).with_name(name) for name in ("decode_attention.c", "small_gemm.c"))
 FLAGS = ("-O3", "-march=native", "-ffast-math", "-fopenmp", "-shared", "-fPIC")
 _P, _I = ctypes.c_void_p, ctypes.c_int64
 
@@ -74,13 +81,13 @@ def build(directory: Path | None = None) -> Path:
     compiler = _compiler()
     if compiler is None:
         raise RuntimeError("no C compiler found (set $CC or install gcc)")
-    source = SOURCE.read_bytes()
+    source = b"\0".join(path.read_bytes() for path in SOURCES)
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
     model, flags = _cpu()
     key = hashlib.sha256(b"\0".join([source, " ".join(FLAGS).encode(), version.encode(), model.encode(),
                                      " ".join(sorted(flags)).encode()])).hexdigest()[:16]
     directory = directory or cache_root() / "kernels"
-    target = directory / f"decode_attention-{key}.so"
+    target = directory / f"kernels-{key}.so"
     if target.is_file():
         return target
     directory.mkdir(parents=True, exist_ok=True)
@@ -88,9 +95,10 @@ def build(directory: Path | None = None) -> Path:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=directory)
     os.close(fd)
     try:
-        result = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", tmp, "-lm"], capture_output=True, text=True)
+        sources = [str(path) for path in SOURCES]
+        result = subprocess.run([compiler, *FLAGS, *sources, "-o", tmp, "-lm"], capture_output=True, text=True)
         if result.returncode != 0:
-            raise RuntimeError(f"compiling {SOURCE} with {compiler} failed:\n{result.stderr.strip()[-2000:]}")
+            raise RuntimeError(f"compiling {' '.join(sources)} with {compiler} failed:\n{result.stderr.strip()[-2000:]}")
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
@@ -111,6 +119,8 @@ def library() -> ctypes.CDLL | None:
             lib.decode_attention.restype = ctypes.c_int
             lib.decode_attention.argtypes = [_P, _P, _P, _P, _I, _I, _I, _I, _I, _I, ctypes.c_float,
                                              _P, _P, _P, _P, _I, _P, _P]
+            lib.small_gemm.restype = None
+            lib.small_gemm.argtypes = [_P, _I, _I, _P, _I, _P, _P]
             return lib
     log.info("native CPU kernels not used: %s", reason)
     return None
@@ -170,3 +180,30 @@ class DecodeAttention:
             _ptr(self.shared_len if ks is not None else None), self.shared_width, self.out.data_ptr(), self.scratch.data_ptr(),
         )
         return self.out
+
+
+class SmallLinear:
+    """``x -> x @ weight.T + bias`` for 2-D fp32 CPU inputs of a few rows (decode steps), the
+    weight packed now into (ceil(N/16), K, 16) strips (a copy: later changes to it are not seen)."""
+
+    STRIP = 16
+
+    def __init__(self, lib: ctypes.CDLL, weight: torch.Tensor, bias: torch.Tensor | None = None):
+        if weight.dim() != 2 or weight.dtype != torch.float32 or weight.device.type != "cpu":
+            raise ValueError(f"SmallLinear needs a 2-D fp32 CPU weight, got {tuple(weight.shape)} {weight.dtype} on {weight.device}")
+        self.lib = lib
+        self.out_features, self.in_features = weight.shape
+        strips = -(-self.out_features // self.STRIP)
+        padded = weight.new_zeros(strips * self.STRIP, self.in_features)
+        padded[: self.out_features] = weight.detach()
+        self.packed = padded.view(strips, self.STRIP, self.in_features).transpose(1, 2).contiguous()
+        self.bias = None if bias is None else bias.detach().to(torch.float32).contiguous()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 2 or x.shape[1] != self.in_features or x.dtype != torch.float32 or x.device.type != "cpu":
+            raise ValueError(f"SmallLinear({self.in_features} -> {self.out_features}) got input {tuple(x.shape)} {x.dtype}")
+        x = x.contiguous()
+        y = x.new_empty(x.shape[0], self.out_features)
+        self.lib.small_gemm(x.data_ptr(), x.shape[0], self.in_features, self.packed.data_ptr(), self.out_features,
+                            _ptr(self.bias), y.data_ptr())
+        return y
