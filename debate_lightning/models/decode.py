@@ -72,10 +72,13 @@ def _lora_unsupported(model: torch.nn.Module) -> str | None:
     return None
 
 
-def _rms_norm(module: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The model's RMSNorm as one fused op (``F.rms_norm``: x / sqrt(mean(x²) + eps) · weight)."""
+def _rms_norm(module: torch.nn.Module, ops: native_kernels.StepOps | None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The model's RMSNorm as one op (x / sqrt(mean(x²) + eps) · weight): native, or ``F.rms_norm``."""
     weight = module.weight.detach()
     eps = getattr(module, "variance_epsilon", getattr(module, "eps", 1e-6))
+    if ops is not None:
+        weight = weight.contiguous()
+        return lambda x: ops.rms_norm(x, weight, eps)
     return lambda x: F.rms_norm(x, weight.shape, weight, eps)
 
 
@@ -130,12 +133,13 @@ class FastDecoder:
         weight = base.lm_head.weight
         self.native = native_kernels.library() if native and weight.device.type == "cpu" and weight.dtype == torch.float32 else None
         matmul = packed_matmul if self.native is None else functools.partial(native_kernels.SmallLinear, self.native)
+        self.ops = None if self.native is None else native_kernels.StepOps(self.native)
         self.num_heads = config.num_attention_heads
         self.num_kv_heads = getattr(config, "num_key_value_heads", None) or self.num_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.num_heads
         self.embed = base.model.embed_tokens
         self.rotary = base.model.rotary_emb
-        self.norm = _rms_norm(base.model.norm)
+        self.norm = _rms_norm(base.model.norm, self.ops)
         self.lm_head = matmul(_effective_weight(base.lm_head))
         self.layers = []
         with torch.no_grad():
@@ -148,10 +152,10 @@ class FastDecoder:
                 qkv = matmul(qkv_w, qkv_bias)
                 self.layers.append(
                     _Layer(
-                        norm_in=_rms_norm(layer.input_layernorm),
+                        norm_in=_rms_norm(layer.input_layernorm, self.ops),
                         qkv=qkv,
                         o=matmul(_effective_weight(attn.o_proj)),
-                        norm_post=_rms_norm(layer.post_attention_layernorm),
+                        norm_post=_rms_norm(layer.post_attention_layernorm, self.ops),
                         gate_up=matmul(torch.cat([_effective_weight(mlp.gate_proj), _effective_weight(mlp.up_proj)])),
                         down=matmul(_effective_weight(mlp.down_proj)),
                     )
@@ -168,20 +172,29 @@ class FastDecoder:
         h, kv, d = self.num_heads, self.num_kv_heads, self.head_dim
         x = self.embed(tokens)  # (B, H)
         cos, sin = self.rotary(x, positions[:, None])  # (B, 1, D)
+        if self.ops is not None:
+            cos, sin = cos.reshape(batch, d).contiguous(), sin.reshape(batch, d).contiguous()
         for index, (layer, k_buf, v_buf) in enumerate(zip(self.layers, keys, values)):
             qkv = layer.qkv(layer.norm_in(x))
-            q = qkv[:, : h * d].view(batch, h, 1, d)
-            k = qkv[:, h * d : (h + kv) * d].view(batch, kv, 1, d)
-            v = qkv[:, (h + kv) * d :].view(batch, kv, 1, d)
-            q, k = self.apply_rope(q, k, cos, sin)
-            k_buf[:, :, column : column + 1] = k
-            v_buf[:, :, column : column + 1] = v
+            if self.ops is not None:  # rotate q and k, write k and v into the buffers: one call
+                q = self.ops.rope_store(qkv, cos, sin, k_buf, v_buf, column, h)
+            else:
+                q = qkv[:, : h * d].view(batch, h, 1, d)
+                k = qkv[:, h * d : (h + kv) * d].view(batch, kv, 1, d)
+                v = qkv[:, (h + kv) * d :].view(batch, kv, 1, d)
+                q, k = self.apply_rope(q, k, cos, sin)
+                k_buf[:, :, column : column + 1] = k
+                v_buf[:, :, column : column + 1] = v
             # Grouped-query attention without expanding the key/value heads: the query heads of
             # one kv head (HF's repeat_kv maps head i to kv head i // groups) form its rows.
             attn = attend(index, q.view(batch, kv, h // kv, d), k_buf, v_buf, column + 1)
             x = x + layer.o(attn.reshape(batch, h * d))
-            gate, up = layer.gate_up(layer.norm_post(x)).split(self.intermediate, dim=-1)
-            x = x + layer.down(F.silu(gate) * up)
+            gate_up = layer.gate_up(layer.norm_post(x))
+            if self.ops is not None:
+                x = x + layer.down(self.ops.silu_mul(gate_up))
+            else:
+                gate, up = gate_up.split(self.intermediate, dim=-1)
+                x = x + layer.down(F.silu(gate) * up)
         return self.lm_head(self.norm(x)).float()
 
     def _attention(self, layout: _Layout, shared_kv, total: int, dtype: torch.dtype) -> _Attend:

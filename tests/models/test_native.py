@@ -114,3 +114,41 @@ def test_switch_and_missing_compiler_are_reported(monkeypatch):
     monkeypatch.delenv("DEBATE_LIGHTNING_NATIVE")
     monkeypatch.setattr(native, "_compiler", lambda: None)
     assert "compiler" in native.disabled_reason()
+
+
+def test_step_ops_match_torch():
+    if (lib := _library()) is None:
+        return
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    ops = native.StepOps(lib)
+    torch.manual_seed(0)
+    x, weight = torch.randn(5, 96), torch.randn(96)
+    torch.testing.assert_close(ops.rms_norm(x, weight, 1e-5), torch.nn.functional.rms_norm(x, (96,), weight, 1e-5))
+    gate_up = torch.randn(5, 2 * 40) * 4
+    gate_up[0, :3] = torch.tensor([-200.0, 200.0, 0.0])  # exp overflow on either side
+    want = torch.nn.functional.silu(gate_up[:, :40]) * gate_up[:, 40:]
+    torch.testing.assert_close(ops.silu_mul(gate_up), want)
+    # rotary embedding of q and k, k and v written into their cache column
+    batch, heads, kv, d, total, column = 3, 6, 2, 16, 9, 4
+    qkv = torch.randn(batch, (heads + 2 * kv) * d)
+    angles = torch.rand(batch, d // 2) * 6
+    cos, sin = torch.cat([angles.cos()] * 2, -1), torch.cat([angles.sin()] * 2, -1)
+    keys, values = torch.zeros(batch, kv, total, d), torch.zeros(batch, kv, total, d)
+    q = ops.rope_store(qkv, cos, sin, keys, values, column, heads)
+    q_ref, k_ref = apply_rotary_pos_emb(
+        qkv[:, : heads * d].view(batch, heads, 1, d), qkv[:, heads * d : (heads + kv) * d].view(batch, kv, 1, d),
+        cos[:, None], sin[:, None],
+    )
+    torch.testing.assert_close(q, q_ref.view(batch, heads, d))
+    torch.testing.assert_close(keys[:, :, column], k_ref.view(batch, kv, d))
+    torch.testing.assert_close(values[:, :, column], qkv[:, (heads + kv) * d :].view(batch, kv, d))
+    assert keys[:, :, column + 1 :].abs().sum() == 0 and values[:, :, :column].abs().sum() == 0  # nothing else written
+    with pytest.raises(ValueError, match="column 9"):
+        ops.rope_store(qkv, cos, sin, keys, values, total, heads)
+    with pytest.raises(ValueError, match="do not fit 5 heads"):
+        ops.rope_store(qkv, cos, sin, keys, values, column, 5)
+    with pytest.raises(ValueError, match="odd width"):
+        ops.silu_mul(torch.randn(2, 7))
+    with pytest.raises(ValueError, match="fp32 CPU"):
+        ops.rms_norm(x.double(), weight, 1e-5)

@@ -7,7 +7,9 @@ kernels (tuned for big products) reach about half of this CPU's bandwidth there:
 * ``decode_attention.c``: one query token per row against its cache (and its group's shared
   prefix), each key/value row read once (:class:`DecodeAttention`);
 * ``small_gemm.c``: linears of a few rows against weights packed once into 16-column strips
-  (:class:`SmallLinear`).
+  (:class:`SmallLinear`);
+* ``decode_ops.c``: RMSNorm, the SiLU gate, and the rotary embedding with the cache write, each
+  one call instead of several small torch ops (:class:`StepOps`).
 
 They are built on first use for the CPU they run on
 (``-march=native``) into ``<cache>/kernels/`` (see ``embedded.cache_root``), keyed by the
@@ -41,7 +43,7 @@ from debate_lightning.models.embedded import cache_root
 
 log = logging.getLogger(__name__)
 
-SOURCES = tuple(Path(__file__).with_name(name) for name in ("decode_attention.c", "small_gemm.c"))
+SOURCES = tuple(Path(__file__).with_name(name) for name in ("decode_attention.c", "small_gemm.c", "decode_ops.c"))
 FLAGS = ("-O3", "-march=native", "-ffast-math", "-fopenmp", "-shared", "-fPIC")
 _P, _I = ctypes.c_void_p, ctypes.c_int64
 
@@ -121,6 +123,10 @@ def library() -> ctypes.CDLL | None:
                                              _P, _P, _P, _P, _I, _P, _P]
             lib.small_gemm.restype = None
             lib.small_gemm.argtypes = [_P, _I, _I, _P, _I, _P, _P]
+            lib.rms_norm.restype = lib.silu_mul.restype = lib.rope_store.restype = None
+            lib.rms_norm.argtypes = [_P, _I, _I, _P, ctypes.c_float, _P]
+            lib.silu_mul.argtypes = [_P, _I, _I, _P]
+            lib.rope_store.argtypes = [_P, _I, _I, _I, _I, _P, _P, _P, _P, _P, _I, _I]
             return lib
     log.info("native CPU kernels not used: %s", reason)
     return None
@@ -207,3 +213,49 @@ class SmallLinear:
         self.lib.small_gemm(x.data_ptr(), x.shape[0], self.in_features, self.packed.data_ptr(), self.out_features,
                             _ptr(self.bias), y.data_ptr())
         return y
+
+
+def _check(t: torch.Tensor, name: str, dim: int) -> torch.Tensor:
+    if t.dim() != dim or t.dtype != torch.float32 or t.device.type != "cpu":
+        raise ValueError(f"{name} must be a {dim}-D fp32 CPU tensor, got {tuple(t.shape)} {t.dtype} on {t.device}")
+    return t.contiguous()
+
+
+class StepOps:
+    """The element-wise parts of a decode step on 2-D fp32 CPU tensors (rows first)."""
+
+    def __init__(self, lib: ctypes.CDLL):
+        self.lib = lib
+
+    def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        """``x / sqrt(mean(x²) + eps) * weight`` over the last dimension."""
+        x, weight = _check(x, "rms_norm input", 2), _check(weight, "rms_norm weight", 1)
+        if weight.shape[0] != x.shape[1]:
+            raise ValueError(f"rms_norm weight has {weight.shape[0]} entries for rows of {x.shape[1]}")
+        y = torch.empty_like(x)
+        self.lib.rms_norm(x.data_ptr(), x.shape[0], x.shape[1], weight.data_ptr(), eps, y.data_ptr())
+        return y
+
+    def silu_mul(self, gate_up: torch.Tensor) -> torch.Tensor:
+        """``silu(gate) * up`` for rows ``[gate | up]`` of a fused projection."""
+        gate_up = _check(gate_up, "silu_mul input", 2)
+        if gate_up.shape[1] % 2:
+            raise ValueError(f"silu_mul needs rows of [gate | up], got an odd width {gate_up.shape[1]}")
+        y = gate_up.new_empty(gate_up.shape[0], gate_up.shape[1] // 2)
+        self.lib.silu_mul(gate_up.data_ptr(), gate_up.shape[0], y.shape[1], y.data_ptr())
+        return y
+
+    def rope_store(self, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, keys: torch.Tensor,
+                   values: torch.Tensor, column: int, heads: int) -> torch.Tensor:
+        """Rotate q and k of a fused (B, (h + 2 kv) d) projection by (B, d) ``cos``/``sin``; write
+        k and v into column ``column`` of the (B, kv, T, d) buffers; return q as (B, h, d)."""
+        qkv, cos, sin = _check(qkv, "qkv", 2), _check(cos, "cos", 2), _check(sin, "sin", 2)
+        batch, kv, total, d = keys.shape
+        if not (keys.is_contiguous() and values.is_contiguous() and keys.shape == values.shape) or not 0 <= column < total:
+            raise ValueError(f"rope_store needs equal contiguous (B, kv, T, d) buffers and 0 <= column < T, got column {column}")
+        if qkv.shape != (batch, (heads + 2 * kv) * d) or cos.shape != (batch, d) or sin.shape != (batch, d) or d % 2:
+            raise ValueError(f"rope_store: qkv {tuple(qkv.shape)}, cos {tuple(cos.shape)} do not fit {heads} heads, {kv} kv heads of {d}")
+        q = qkv.new_empty(batch, heads, d)
+        self.lib.rope_store(qkv.data_ptr(), batch, heads, kv, d, cos.data_ptr(), sin.data_ptr(), q.data_ptr(),
+                            keys.data_ptr(), values.data_ptr(), total, column)
+        return q

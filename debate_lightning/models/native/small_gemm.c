@@ -6,7 +6,7 @@
  * front to back, and a 6-row by 16-column block of y lives in 12 registers while the strip's
  * rows stream through (broadcast x, two FMAs per row). K is cut into chunks of KC so a strip's
  * chunk and the x rows it meets stay in L1 for every block of rows. Strips are split between
- * threads. Measured at 16 rows over the embedded model's layers: ~9.5 GB/s vs ~6.5 (oneDNN with
+ * threads. Measured at 16 rows over the embedded model's layers: ~10-11.5 GB/s vs ~6.5 (oneDNN with
  * packed weights) and ~4.5 (MKL sgemm); at 1 row ~18.5 vs ~12.5.
  */
 #include <immintrin.h>
@@ -16,7 +16,7 @@
 #define MR 6   /* rows per register block: 12 accumulators + 2 weights + 1 broadcast */
 #define MC 64  /* rows per pass over a strip (the accumulator tile below) */
 #define KC 128 /* k per chunk: 8 KB of strip + MR x 512 B of x in L1 */
-#define PREFETCH_K 8
+#define PREFETCH_K 64 /* one 4 KB strip chunk ahead (DRAM latency at ~6 cycles per k) */
 
 /* acc (mr, NR) (+)= x[:mr, k0:k0+kn] @ strip[k0:k0+kn]; `first` starts from zero. */
 static inline __attribute__((always_inline)) void block(const float *x, int64_t ldx, const float *strip, int64_t kn,
