@@ -271,3 +271,24 @@ def test_shared_prefix_attention_equals_plain_attention(tiny_generator, wide_gen
             [layer.keys for layer in layers], [layer.values for layer in layers], mask, out.logits[:, -1], 2,
             Sampler(greedy=True), gen.eos_ids, gen.tokenizer.pad_token_id, shared=[([0, 1], 3)],
         )
+
+
+@pytest.mark.parametrize("use_native", [True, False])
+def test_decode_samples_the_processed_distribution(tiny_generator, use_native):
+    """The loop's draw (native or torch) at a temperature, with EOS banned below the minimum length:
+    first-token frequencies over 6000 rows against the softmax of the given logits."""
+    gen = tiny_generator
+    decoder = FastDecoder(gen.model, native=use_native)
+    rows, vocab = 6000, gen.model.config.vocab_size
+    eos = gen.eos_ids[0]
+    logits = torch.full((rows, vocab), -1e30)
+    logits[:, [11, 12, 13]] = torch.tensor([0.5, 0.3, 0.2]).log()
+    logits[:, eos] = 5.0  # the likeliest, but the minimum length forbids it
+    keys = [torch.zeros(rows, decoder.num_kv_heads, 1, decoder.head_dim) for _ in decoder.layers]
+    mask = torch.ones(rows, 1, dtype=torch.long)
+    torch.manual_seed(0)
+    got = decoder.decode(keys, keys, mask, logits, 1, Sampler(temperature=0.5, min_new_tokens=1), [eos], gen.tokenizer.pad_token_id)
+    freq = torch.bincount(got.tokens[:, 0], minlength=vocab)[[11, 12, 13]].float() / rows
+    want = torch.tensor([0.5, 0.3, 0.2]) ** 2 / (torch.tensor([0.5, 0.3, 0.2]) ** 2).sum()
+    torch.testing.assert_close(freq, want, atol=0.02, rtol=0)
+    assert (decoder.ops is not None) == (use_native and native.library() is not None)

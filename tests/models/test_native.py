@@ -152,3 +152,31 @@ def test_step_ops_match_torch():
         ops.silu_mul(torch.randn(2, 7))
     with pytest.raises(ValueError, match="fp32 CPU"):
         ops.rms_norm(x.double(), weight, 1e-5)
+
+
+def test_native_sampling_follows_the_distribution():
+    """Frequencies over 20000 draws match softmax(logits / T); zero-probability and banned tokens
+    (EOS before the minimum length) are never drawn, even a banned token that is the most likely."""
+    if (lib := _library()) is None:
+        return
+    ops = native.StepOps(lib)
+    torch.manual_seed(3)
+    probs = torch.tensor([0.0, 0.6, 0.0, 0.3, 0.1, 0.0])
+    logits = probs.log().clamp(min=-1e30).repeat(20000, 1)
+    for temperature in (1.0, 0.5):
+        want = probs ** (1 / temperature) / (probs ** (1 / temperature)).sum()
+        freq = torch.bincount(ops.sample(logits, temperature), minlength=6).float() / len(logits)
+        torch.testing.assert_close(freq, want, atol=0.012, rtol=0)
+        assert freq[[0, 2, 5]].sum() == 0
+    boosted = logits.clone()
+    boosted[:, 5] = 10.0  # banned and far above the rest
+    freq = torch.bincount(ops.sample(boosted, 0.7, banned=torch.tensor([5])), minlength=6).float() / len(logits)
+    want = probs ** (1 / 0.7) / (probs ** (1 / 0.7)).sum()
+    torch.testing.assert_close(freq, want, atol=0.012, rtol=0)
+    # the same seed, the same tokens
+    torch.manual_seed(5)
+    first = ops.sample(logits[:50], 0.7)
+    torch.manual_seed(5)
+    assert torch.equal(ops.sample(logits[:50], 0.7), first)
+    with pytest.raises(ValueError, match="temperature > 0"):
+        ops.sample(logits, 0.0)

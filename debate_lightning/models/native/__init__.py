@@ -8,8 +8,9 @@ kernels (tuned for big products) reach about half of this CPU's bandwidth there:
   prefix), each key/value row read once (:class:`DecodeAttention`);
 * ``small_gemm.c``: linears of a few rows against weights packed once into 16-column strips
   (:class:`SmallLinear`);
-* ``decode_ops.c``: RMSNorm, the SiLU gate, and the rotary embedding with the cache write, each
-  one call instead of several small torch ops (:class:`StepOps`).
+* ``decode_ops.c``: RMSNorm, the SiLU gate, the rotary embedding with the cache write, and
+  sampling from the softmax at a temperature, each one call instead of several torch ops
+  (:class:`StepOps`).
 
 They are built on first use for the CPU they run on
 (``-march=native``) into ``<cache>/kernels/`` (see ``embedded.cache_root``), keyed by the
@@ -127,6 +128,8 @@ def library() -> ctypes.CDLL | None:
             lib.rms_norm.argtypes = [_P, _I, _I, _P, ctypes.c_float, _P]
             lib.silu_mul.argtypes = [_P, _I, _I, _P]
             lib.rope_store.argtypes = [_P, _I, _I, _I, _I, _P, _P, _P, _P, _P, _I, _I]
+            lib.sample_rows.restype = None
+            lib.sample_rows.argtypes = [_P, _I, _I, ctypes.c_float, _P, _I, _P, _P, _P]
             return lib
     log.info("native CPU kernels not used: %s", reason)
     return None
@@ -259,3 +262,19 @@ class StepOps:
         self.lib.rope_store(qkv.data_ptr(), batch, heads, kv, d, cos.data_ptr(), sin.data_ptr(), q.data_ptr(),
                             keys.data_ptr(), values.data_ptr(), total, column)
         return q
+
+    def sample(self, logits: torch.Tensor, temperature: float, banned: torch.Tensor | None = None,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+        """One token per row of (B, V) ``logits`` from softmax(logits / temperature), ``banned``
+        tokens at probability zero, by inverse CDF at one uniform number per row (from torch's
+        generator, so seeds hold)."""
+        logits = _check(logits, "logits", 2)
+        if temperature <= 0:
+            raise ValueError(f"sampling needs a temperature > 0, got {temperature}")
+        banned = torch.empty(0, dtype=torch.int64) if banned is None else banned.to(torch.int64).contiguous()
+        u = torch.rand(logits.shape[0], dtype=torch.float64, generator=generator)
+        scratch = torch.empty_like(logits)
+        out = torch.empty(logits.shape[0], dtype=torch.int64)
+        self.lib.sample_rows(logits.data_ptr(), logits.shape[0], logits.shape[1], 1.0 / temperature, banned.data_ptr(),
+                             banned.numel(), u.data_ptr(), scratch.data_ptr(), out.data_ptr())
+        return out

@@ -4,6 +4,7 @@
  * in dispatch and temporaries (RMSNorm ~40, SiLU-gate ~60, rotary embedding ~90), 30 layers
  * deep. Here each is a plain loop over memory that is already in cache.
  */
+#include <float.h>
 #include <math.h>
 #include <stdint.h>
 
@@ -63,5 +64,57 @@ void rope_store(const float *qkv, int64_t rows, int64_t h, int64_t kv, int64_t d
             float *dst = v_buf + ((r * kv + j) * T + column) * d;
             for (int64_t i = 0; i < d; i++) dst[i] = v[i];
         }
+    }
+}
+
+/* One token per row drawn from softmax(logits / temperature) with `banned` tokens (EOS before the
+ * minimum length) at probability zero, by inverse CDF at the row's uniform number u in [0, 1):
+ * the first token whose cumulative weight exceeds u * total. Weights are exp((l - max) / T) in
+ * float, summed in double. `scratch`: rows x V floats. */
+void sample_rows(const float *logits, int64_t rows, int64_t V, float inv_temperature, const int64_t *banned,
+                 int64_t n_banned, const double *u, float *scratch, int64_t *out)
+{
+#pragma omp parallel for schedule(static)
+    for (int64_t r = 0; r < rows; r++) {
+        const float *l = logits + r * V;
+        float *w = scratch + r * V;
+        float m = -FLT_MAX;
+        for (int64_t i = 0; i < V; i++) m = l[i] > m ? l[i] : m;
+        if (n_banned) { /* the maximum over allowed tokens only */
+            m = -FLT_MAX;
+            for (int64_t i = 0; i < V; i++) {
+                int skip = 0;
+                for (int64_t b = 0; b < n_banned; b++) skip |= banned[b] == i;
+                if (!skip && l[i] > m) m = l[i];
+            }
+        }
+        float partial = 0.f;
+        double total = 0.0;
+        for (int64_t i0 = 0; i0 < V; i0 += 1024) { /* float partial sums of 1024, then double */
+            const int64_t end = i0 + 1024 < V ? i0 + 1024 : V;
+            partial = 0.f;
+#pragma omp simd reduction(+ : partial)
+            for (int64_t i = i0; i < end; i++) {
+                w[i] = expf(fminf((l[i] - m) * inv_temperature, 0.f)); /* banned ones above m: 1, removed below */
+                partial += w[i];
+            }
+            total += partial;
+        }
+        for (int64_t b = 0; b < n_banned; b++)
+            if (banned[b] >= 0 && banned[b] < V) {
+                total -= w[banned[b]];
+                w[banned[b]] = 0.f;
+            }
+        const double target = u[r] * total;
+        double cum = 0.0;
+        int64_t pick = -1;
+        for (int64_t i = 0; i < V; i++) {
+            if (w[i] > 0.f) {
+                cum += w[i];
+                pick = i;
+                if (cum > target) break;
+            }
+        }
+        out[r] = pick;
     }
 }
