@@ -180,3 +180,5 @@ def test_native_sampling_follows_the_distribution():
     assert torch.equal(ops.sample(logits[:50], 0.7), first)
     with pytest.raises(ValueError, match="temperature > 0"):
         ops.sample(logits, 0.0)
+    with pytest.raises(ValueError, match="no token with probability"):
+        ops.sample(torch.zeros(2, 3), 1.0, banned=torch.tensor([0, 1, 2]))

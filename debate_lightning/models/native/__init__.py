@@ -277,4 +277,6 @@ class StepOps:
         out = torch.empty(logits.shape[0], dtype=torch.int64)
         self.lib.sample_rows(logits.data_ptr(), logits.shape[0], logits.shape[1], 1.0 / temperature, banned.data_ptr(),
                              banned.numel(), u.data_ptr(), scratch.data_ptr(), out.data_ptr())
+        if bool((out < 0).any()):
+            raise ValueError("sampling: a row has no token with probability > 0 (every token banned or -inf)")
         return out

@@ -69,8 +69,10 @@ void rope_store(const float *qkv, int64_t rows, int64_t h, int64_t kv, int64_t d
 
 /* One token per row drawn from softmax(logits / temperature) with `banned` tokens (EOS before the
  * minimum length) at probability zero, by inverse CDF at the row's uniform number u in [0, 1):
- * the first token whose cumulative weight exceeds u * total. Weights are exp((l - max) / T) in
- * float, summed in double. `scratch`: rows x V floats. */
+ * the first token whose cumulative weight exceeds u * total. Weights exp((l - max) / T) are
+ * summed in float over chunks of 1024 and in double across chunks; the draw finds its chunk
+ * from those sums, then its token inside. `scratch`: rows x V floats. */
+#define CHUNK 1024
 void sample_rows(const float *logits, int64_t rows, int64_t V, float inv_temperature, const int64_t *banned,
                  int64_t n_banned, const double *u, float *scratch, int64_t *out)
 {
@@ -78,37 +80,31 @@ void sample_rows(const float *logits, int64_t rows, int64_t V, float inv_tempera
     for (int64_t r = 0; r < rows; r++) {
         const float *l = logits + r * V;
         float *w = scratch + r * V;
+        for (int64_t i = 0; i < V; i++) w[i] = l[i];
+        for (int64_t b = 0; b < n_banned; b++)
+            if (banned[b] >= 0 && banned[b] < V) w[banned[b]] = -FLT_MAX;
         float m = -FLT_MAX;
-        for (int64_t i = 0; i < V; i++) m = l[i] > m ? l[i] : m;
-        if (n_banned) { /* the maximum over allowed tokens only */
-            m = -FLT_MAX;
-            for (int64_t i = 0; i < V; i++) {
-                int skip = 0;
-                for (int64_t b = 0; b < n_banned; b++) skip |= banned[b] == i;
-                if (!skip && l[i] > m) m = l[i];
-            }
-        }
-        float partial = 0.f;
-        double total = 0.0;
-        for (int64_t i0 = 0; i0 < V; i0 += 1024) { /* float partial sums of 1024, then double */
-            const int64_t end = i0 + 1024 < V ? i0 + 1024 : V;
-            partial = 0.f;
+#pragma omp simd reduction(max : m)
+        for (int64_t i = 0; i < V; i++) m = w[i] > m ? w[i] : m;
+        double sums[(V + CHUNK - 1) / CHUNK], total = 0.0;
+        for (int64_t c = 0; c * CHUNK < V; c++) {
+            const int64_t end = (c + 1) * CHUNK < V ? (c + 1) * CHUNK : V;
+            float partial = 0.f;
 #pragma omp simd reduction(+ : partial)
-            for (int64_t i = i0; i < end; i++) {
-                w[i] = expf(fminf((l[i] - m) * inv_temperature, 0.f)); /* banned ones above m: 1, removed below */
+            for (int64_t i = c * CHUNK; i < end; i++) {
+                w[i] = w[i] == -FLT_MAX ? 0.f : expf((w[i] - m) * inv_temperature);
                 partial += w[i];
             }
+            sums[c] = partial;
             total += partial;
         }
-        for (int64_t b = 0; b < n_banned; b++)
-            if (banned[b] >= 0 && banned[b] < V) {
-                total -= w[banned[b]];
-                w[banned[b]] = 0.f;
-            }
         const double target = u[r] * total;
         double cum = 0.0;
-        int64_t pick = -1;
-        for (int64_t i = 0; i < V; i++) {
+        int64_t c = 0, pick = -1;
+        while (c * CHUNK < V && cum + sums[c] <= target) cum += sums[c++];
+        if (c * CHUNK >= V) c--, cum -= sums[c]; /* rounding at the very end: draw in the last chunk */
+        const int64_t end = (c + 1) * CHUNK < V ? (c + 1) * CHUNK : V;
+        for (int64_t i = c * CHUNK; i < end; i++) {
             if (w[i] > 0.f) {
                 cum += w[i];
                 pick = i;
