@@ -68,7 +68,8 @@ def main() -> None:
     engine_gen = HFGenerator(dtype=dtype, max_batch_size=args.max_batch_size, name="engine")
     # The same weights, loaded the old way: stock linears, generate() at batch 1, no prefix reuse.
     single_gen = HFGenerator(
-        dtype=dtype, max_batch_size=1, prefix_cache=False, lean_decode=False, packed_linear=False, name="single"
+        dtype=dtype, max_batch_size=1, prefix_cache=False, lean_decode=False, packed_linear=False, fused_modules=False,
+        name="single",
     )
     questions = load_questions("synthetic", split="val", limit=(args.rounds + 1) // 2, seed=args.seed, both_orders=True)
     fmt = Format(kind="debate", num_speeches=args.speeches)

@@ -20,6 +20,7 @@ import torch
 from debate_lightning.models.base import Chat, Generation, Generator, SamplingParams
 from debate_lightning.models.decode import FastDecoder, Sampler
 from debate_lightning.models.embedded import EMBEDDED, resolve
+from debate_lightning.models.fused_modules import fuse_frozen_modules
 from debate_lightning.models.packed_linear import pack_frozen_linears
 
 def _cache_kwarg() -> str:
@@ -123,6 +124,7 @@ class HFGenerator(Generator):
         prefix_cache_gb: float = 4.0,
         lean_decode: bool = True,
         packed_linear: bool = True,
+        fused_modules: bool = True,
         score_token_budget: int = 1024,
     ):
         if prefix_cache and (prefix_cache_size < 1 or prefix_cache_gb <= 0):
@@ -136,6 +138,8 @@ class HFGenerator(Generator):
             model.requires_grad_(False)  # ours, for inference only: frozen, so its linears can be packed
             if packed_linear:
                 pack_frozen_linears(model)
+            if fused_modules:
+                fuse_frozen_modules(model)
         elif tokenizer is None:
             raise ValueError("HFGenerator(model=...) also needs its tokenizer")
         if tokenizer.pad_token is None:

@@ -126,7 +126,7 @@ def library() -> ctypes.CDLL | None:
             lib.small_gemm.argtypes = [_P, _I, _I, _P, _I, _P, _P]
             lib.rms_norm.restype = lib.silu_mul.restype = lib.rope_store.restype = None
             lib.rms_norm.argtypes = [_P, _I, _I, _P, ctypes.c_float, _P]
-            lib.silu_mul.argtypes = [_P, _I, _I, _P]
+            lib.silu_mul.argtypes = [_P, _P, _I, _I, _I, _P]
             lib.rope_store.argtypes = [_P, _I, _I, _I, _I, _P, _P, _P, _P, _P, _I, _I]
             lib.sample_rows.restype = None
             lib.sample_rows.argtypes = [_P, _I, _I, ctypes.c_float, _P, _I, _P, _P, _P]
@@ -239,13 +239,21 @@ class StepOps:
         self.lib.rms_norm(x.data_ptr(), x.shape[0], x.shape[1], weight.data_ptr(), eps, y.data_ptr())
         return y
 
-    def silu_mul(self, gate_up: torch.Tensor) -> torch.Tensor:
-        """``silu(gate) * up`` for rows ``[gate | up]`` of a fused projection."""
-        gate_up = _check(gate_up, "silu_mul input", 2)
-        if gate_up.shape[1] % 2:
-            raise ValueError(f"silu_mul needs rows of [gate | up], got an odd width {gate_up.shape[1]}")
-        y = gate_up.new_empty(gate_up.shape[0], gate_up.shape[1] // 2)
-        self.lib.silu_mul(gate_up.data_ptr(), gate_up.shape[0], y.shape[1], y.data_ptr())
+    def silu_mul(self, gate_up: torch.Tensor, up: torch.Tensor | None = None) -> torch.Tensor:
+        """``silu(gate) * up`` for rows ``[gate | up]`` of a fused projection, or for separate
+        (rows, n) ``gate_up`` (then just the gate) and ``up``."""
+        gate = _check(gate_up, "silu_mul input", 2)
+        if up is None:
+            if gate.shape[1] % 2:
+                raise ValueError(f"silu_mul needs rows of [gate | up], got an odd width {gate.shape[1]}")
+            n, stride, up_ptr = gate.shape[1] // 2, gate.shape[1], gate.data_ptr() + gate.shape[1] // 2 * 4
+        else:
+            up = _check(up, "silu_mul up", 2)
+            if up.shape != gate.shape:
+                raise ValueError(f"silu_mul: gate {tuple(gate.shape)} and up {tuple(up.shape)} differ")
+            n, stride, up_ptr = gate.shape[1], gate.shape[1], up.data_ptr()
+        y = gate.new_empty(gate.shape[0], n)
+        self.lib.silu_mul(gate.data_ptr(), up_ptr, gate.shape[0], n, stride, y.data_ptr())
         return y
 
     def rope_store(self, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, keys: torch.Tensor,

@@ -8,9 +8,10 @@
 #include <math.h>
 #include <stdint.h>
 
-/* y = x / sqrt(mean(x^2) + eps) * w, rows of h. */
+/* y = x / sqrt(mean(x^2) + eps) * w, rows of h. Prefill-sized inputs are split between threads. */
 void rms_norm(const float *x, int64_t rows, int64_t h, const float *w, float eps, float *y)
 {
+#pragma omp parallel for schedule(static) if (rows >= 64)
     for (int64_t r = 0; r < rows; r++) {
         const float *xr = x + r * h;
         float *yr = y + r * h;
@@ -23,13 +24,15 @@ void rms_norm(const float *x, int64_t rows, int64_t h, const float *w, float eps
     }
 }
 
-/* y[r, i] = silu(gu[r, i]) * gu[r, n + i]: the gate and up halves of a fused projection.
+/* y[r, i] = silu(g[r, i]) * u[r, i] for rows of n, g and u rows `stride` floats apart (2n with
+ * u = g + n: the halves of a fused gate/up projection; n: separate tensors).
  * exp's argument is capped at 88 (exp(88) < FLT_MAX): built with -ffast-math, 1 / (1 + inf)
  * becomes a reciprocal estimate that turns inf into NaN. */
-void silu_mul(const float *gu, int64_t rows, int64_t n, float *y)
+void silu_mul(const float *gate, const float *up, int64_t rows, int64_t n, int64_t stride, float *y)
 {
+#pragma omp parallel for schedule(static) if (rows >= 64)
     for (int64_t r = 0; r < rows; r++) {
-        const float *g = gu + r * 2 * n, *u = g + n;
+        const float *g = gate + r * stride, *u = up + r * stride;
         float *yr = y + r * n;
 #pragma omp simd
         for (int64_t i = 0; i < n; i++) yr[i] = g[i] / (1.f + expf(fminf(-g[i], 88.f))) * u[i];
