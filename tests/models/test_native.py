@@ -182,3 +182,13 @@ def test_native_sampling_follows_the_distribution():
         ops.sample(logits, 0.0)
     with pytest.raises(ValueError, match="no token with probability"):
         ops.sample(torch.zeros(2, 3), 1.0, banned=torch.tensor([0, 1, 2]))
+
+
+def test_kernels_go_to_a_temporary_directory_when_the_cache_is_not_writable(tmp_path, monkeypatch):
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    monkeypatch.setattr(native, "cache_root", lambda: blocker / "cache")
+    directory = native._kernel_dir()
+    assert directory.name.startswith("debate_lightning-kernels-") and not str(directory).startswith(str(blocker))
+    monkeypatch.setattr(native, "cache_root", lambda: tmp_path / "cache")
+    assert native._kernel_dir() == tmp_path / "cache" / "kernels"

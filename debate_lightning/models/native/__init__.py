@@ -77,6 +77,19 @@ def disabled_reason() -> str | None:
     return None
 
 
+def _kernel_dir() -> Path:
+    """``<cache>/kernels``, or a per-user temporary directory where the cache is read-only (a
+    Singularity image's baked-in cache)."""
+    directory = cache_root() / "kernels"
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        if os.access(directory, os.W_OK):
+            return directory
+    except OSError:
+        pass
+    return Path(tempfile.gettempdir()) / f"debate_lightning-kernels-{os.getuid()}"
+
+
 def build(directory: Path | None = None) -> Path:
     """Compile the kernels (if this build does not exist yet) and return the library's path.
 
@@ -89,7 +102,7 @@ def build(directory: Path | None = None) -> Path:
     model, flags = _cpu()
     key = hashlib.sha256(b"\0".join([source, " ".join(FLAGS).encode(), version.encode(), model.encode(),
                                      " ".join(sorted(flags)).encode()])).hexdigest()[:16]
-    directory = directory or cache_root() / "kernels"
+    directory = directory or _kernel_dir()
     target = directory / f"kernels-{key}.so"
     if target.is_file():
         return target
