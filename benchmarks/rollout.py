@@ -8,9 +8,11 @@ and one judge forward per transcript. The engine gathers every pending speech of
 one batched call per turn and, in ``HFGenerator``: carries each debater's KV cache over from its
 last turn (the chat of a turn extends the last one), so a turn prefills only the opponent's new
 speech; prefills rows in groups of similar new-token counts; decodes with the lean loop
-(``models/decode.py``), which reads a story's KV once per group of rows sharing it (cascade
-attention); samples by inverse CDF; and runs frozen linears through packed oneDNN weights
-(``models/packed_linear.py``). Both sides play the same chats (same prompt set, same tokens).
+(``models/decode.py``) on the native CPU kernels where they build (``models/native``: small-batch
+GEMM on packed weights, decode attention reading a story's KV once per group of rows sharing it,
+one-call RMSNorm/SiLU/rotary/sampling); and runs its other forwards (prefill, judging) through
+packed oneDNN linears (``models/packed_linear.py``) and native RMSNorm/MLP ops
+(``models/fused_modules.py``). Both sides play the same chats (same prompt set, same tokens).
 Speech and judging times are printed apart: judging is a compute-bound forward over every
 transcript (twice, both orders) on both sides, so it bounds the whole-round ratio.
 
