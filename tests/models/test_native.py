@@ -108,6 +108,13 @@ def test_build_is_cached_per_source_and_failures_name_the_compiler(tmp_path, mon
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([first.name, "broken.c"])
 
 
+def test_compiler_from_cc_with_flags_and_a_missing_one(tmp_path, monkeypatch):
+    monkeypatch.setenv("CC", "/nonexistent/cc -O2")
+    assert native._compiler() == ["/nonexistent/cc", "-O2"]
+    with pytest.raises(RuntimeError, match="cannot run the C compiler /nonexistent/cc -O2"):
+        native.build(tmp_path)
+
+
 def test_switch_and_missing_compiler_are_reported(monkeypatch):
     monkeypatch.setenv("DEBATE_LIGHTNING_NATIVE", "0")
     assert "DEBATE_LIGHTNING_NATIVE" in native.disabled_reason()

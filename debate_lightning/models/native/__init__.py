@@ -12,9 +12,9 @@ kernels (tuned for big products) reach about half of this CPU's bandwidth there:
   sampling from the softmax at a temperature, each one call instead of several torch ops
   (:class:`StepOps`).
 
-They are built on first use for the CPU they run on
-(``-march=native``) into ``<cache>/kernels/`` (see ``embedded.cache_root``), keyed by the
-source, the compiler and the CPU, so a cluster with mixed nodes keeps one build per kind.
+They are built on first use for the CPU they run on (``-march=native``) into ``<cache>/kernels/``
+(see ``embedded.cache_root``; a per-user temporary directory where that is read-only), keyed by
+the sources, flags, compiler and CPU, so a cluster with mixed nodes keeps one build per kind.
 
 Everything here is optional: without an x86-64 CPU with AVX2 and FMA, without a C compiler
 (``$CC``, ``cc`` or ``gcc``), or with ``DEBATE_LIGHTNING_NATIVE=0``, :func:`library` returns
@@ -33,6 +33,7 @@ import hashlib
 import logging
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -60,8 +61,12 @@ def _cpu() -> tuple[str, set[str]]:
     return fields.get("model name", ""), set(fields.get("flags", "").split())
 
 
-def _compiler() -> str | None:
-    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+def _compiler() -> list[str] | None:
+    """The C compiler command: ``$CC`` (may carry flags), else ``cc`` or ``gcc`` on the PATH."""
+    if os.environ.get("CC"):
+        return shlex.split(os.environ["CC"])
+    found = shutil.which("cc") or shutil.which("gcc")
+    return None if found is None else [found]
 
 
 def disabled_reason() -> str | None:
@@ -98,7 +103,10 @@ def build(directory: Path | None = None) -> Path:
     if compiler is None:
         raise RuntimeError("no C compiler found (set $CC or install gcc)")
     source = b"\0".join(path.read_bytes() for path in SOURCES)
-    version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
+    try:
+        version = subprocess.run([*compiler, "--version"], capture_output=True, text=True).stdout
+    except OSError as err:
+        raise RuntimeError(f"cannot run the C compiler {' '.join(compiler)}: {err}") from err
     model, flags = _cpu()
     key = hashlib.sha256(b"\0".join([source, " ".join(FLAGS).encode(), version.encode(), model.encode(),
                                      " ".join(sorted(flags)).encode()])).hexdigest()[:16]
@@ -112,9 +120,11 @@ def build(directory: Path | None = None) -> Path:
     os.close(fd)
     try:
         sources = [str(path) for path in SOURCES]
-        result = subprocess.run([compiler, *FLAGS, *sources, "-o", tmp, "-lm"], capture_output=True, text=True)
+        result = subprocess.run([*compiler, *FLAGS, *sources, "-o", tmp, "-lm"], capture_output=True, text=True)
         if result.returncode != 0:
-            raise RuntimeError(f"compiling {' '.join(sources)} with {compiler} failed:\n{result.stderr.strip()[-2000:]}")
+            raise RuntimeError(
+                f"compiling {' '.join(sources)} with {' '.join(compiler)} failed:\n{result.stderr.strip()[-2000:]}"
+            )
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
@@ -130,7 +140,8 @@ def library() -> ctypes.CDLL | None:
         try:
             lib = ctypes.CDLL(str(build()))
         except (RuntimeError, OSError) as err:
-            reason = str(err)
+            log.warning("native CPU kernels not used (decoding falls back to torch ops): %s", err)
+            return None
         else:
             lib.decode_attention.restype = ctypes.c_int
             lib.decode_attention.argtypes = [_P, _P, _P, _P, _I, _I, _I, _I, _I, _I, ctypes.c_float,
