@@ -128,8 +128,9 @@ class FastDecoder:
         return _lora_unsupported(model)
 
     def __init__(self, model: torch.nn.Module, native: bool = True):
-        """``native``: use the compiled CPU kernels (``models/native``: small-batch linears and
-        decode attention) where they run; False keeps torch ops everywhere."""
+        """``native``: use the compiled CPU kernels (``models/native``: small-batch linears, decode
+        attention, the step's element-wise ops and sampling) where they run (fp32 CPU weights on an
+        AVX2 machine with a C compiler); False keeps torch ops everywhere."""
         reason = self.unsupported(model)
         if reason is not None:
             raise ValueError(f"lean decoding does not support this model: {reason}")
