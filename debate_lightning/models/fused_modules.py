@@ -28,8 +28,7 @@ ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3")  # x * rsqrt(mean(x²) + 
 def _fast(x: torch.Tensor) -> native.StepOps | None:
     if torch.is_grad_enabled() or x.dtype != torch.float32 or x.device.type != "cpu":
         return None
-    lib = native.library()
-    return None if lib is None else native.StepOps(lib)
+    return native.step_ops()
 
 
 class _NativeRMSNorm:

@@ -248,6 +248,13 @@ def _check(t: torch.Tensor, name: str, dim: int) -> torch.Tensor:
     return t.contiguous()
 
 
+@functools.cache
+def step_ops() -> StepOps | None:
+    """The element-wise kernels over the loaded library (one instance), or None without it."""
+    lib = library()
+    return None if lib is None else StepOps(lib)
+
+
 class StepOps:
     """The element-wise parts of a decode step on 2-D fp32 CPU tensors (rows first)."""
 
