@@ -57,11 +57,11 @@ def test_kernel_matches_torch(g, d, with_shared):
     torch.testing.assert_close(kernel(0, q, keys, values, width), want, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("rows", [1, 5, 6, 7, 16, 64, 65, 130])
-@pytest.mark.parametrize(("n", "k", "with_bias"), [(40, 200, True), (960, 576, False), (16, 129, False)])
+@pytest.mark.parametrize("rows", [1, 5, 8, 9, 16, 17, 24, 25, 40])
+@pytest.mark.parametrize(("n", "k", "with_bias"), [(40, 200, True), (960, 576, False), (17, 129, False), (6, 7, True)])
 def test_small_linear_matches_f_linear(rows, n, k, with_bias):
-    """Every row-block remainder (6-row blocks, 64-row passes), output widths off the 16-column
-    strips, and k off the 128-wide chunks."""
+    """Rows in 8- and 16-lane groups with every kind of remainder, output widths off the 6-column
+    blocks (and an odd block count, for the 8-lane path's block pairs), odd k."""
     if (lib := _library()) is None:
         return
     torch.manual_seed(rows + n + k)

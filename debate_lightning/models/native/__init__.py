@@ -6,7 +6,7 @@ kernels (tuned for big products) reach about half of this CPU's bandwidth there:
 
 * ``decode_attention.c``: one query token per row against its cache (and its group's shared
   prefix), each key/value row read once (:class:`DecodeAttention`);
-* ``small_gemm.c``: linears of a few rows against weights packed once into 16-column strips
+* ``small_gemm.c``: linears of a few rows (across the vector lanes) against weights packed once into 6-column blocks
   (:class:`SmallLinear`);
 * ``decode_ops.c``: RMSNorm, the SiLU gate, the rotary embedding with the cache write, and
   sampling from the softmax at a temperature, each one call instead of several torch ops
@@ -146,7 +146,7 @@ def library() -> ctypes.CDLL | None:
             lib.decode_attention.restype = ctypes.c_int
             lib.decode_attention.argtypes = [_P, _P, _P, _P, _I, _I, _I, _I, _I, _I, ctypes.c_float,
                                              _P, _P, _P, _P, _I, _P, _P]
-            lib.small_gemm.restype = None
+            lib.small_gemm.restype = ctypes.c_int
             lib.small_gemm.argtypes = [_P, _I, _I, _P, _I, _P, _P]
             lib.rms_norm.restype = lib.silu_mul.restype = lib.rope_store.restype = None
             lib.rms_norm.argtypes = [_P, _I, _I, _P, ctypes.c_float, _P]
@@ -217,19 +217,19 @@ class DecodeAttention:
 
 class SmallLinear:
     """``x -> x @ weight.T + bias`` for 2-D fp32 CPU inputs of a few rows (decode steps), the
-    weight packed now into (ceil(N/16), K, 16) strips (a copy: later changes to it are not seen)."""
+    weight packed now into (ceil(N/6), K, 6) column blocks (a copy: later changes to it are not seen)."""
 
-    STRIP = 16
+    BLOCK = 6
 
     def __init__(self, lib: ctypes.CDLL, weight: torch.Tensor, bias: torch.Tensor | None = None):
         if weight.dim() != 2 or weight.dtype != torch.float32 or weight.device.type != "cpu":
             raise ValueError(f"SmallLinear needs a 2-D fp32 CPU weight, got {tuple(weight.shape)} {weight.dtype} on {weight.device}")
         self.lib = lib
         self.out_features, self.in_features = weight.shape
-        strips = -(-self.out_features // self.STRIP)
-        padded = weight.new_zeros(strips * self.STRIP, self.in_features)
+        blocks = -(-self.out_features // self.BLOCK)
+        padded = weight.new_zeros(blocks * self.BLOCK, self.in_features)
         padded[: self.out_features] = weight.detach()
-        self.packed = padded.view(strips, self.STRIP, self.in_features).transpose(1, 2).contiguous()
+        self.packed = padded.view(blocks, self.BLOCK, self.in_features).transpose(1, 2).contiguous()
         self.bias = None if bias is None else bias.detach().to(torch.float32).contiguous()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -237,8 +237,9 @@ class SmallLinear:
             raise ValueError(f"SmallLinear({self.in_features} -> {self.out_features}) got input {tuple(x.shape)} {x.dtype}")
         x = x.contiguous()
         y = x.new_empty(x.shape[0], self.out_features)
-        self.lib.small_gemm(x.data_ptr(), x.shape[0], self.in_features, self.packed.data_ptr(), self.out_features,
-                            _ptr(self.bias), y.data_ptr())
+        if x.shape[0] and self.lib.small_gemm(x.data_ptr(), x.shape[0], self.in_features, self.packed.data_ptr(),
+                                              self.out_features, _ptr(self.bias), y.data_ptr()):
+            raise MemoryError(f"SmallLinear: no memory for a ({x.shape[0]}, {self.in_features}) input's transpose")
         return y
 
 

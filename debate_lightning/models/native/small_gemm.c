@@ -1,79 +1,116 @@
 /* y = x W^T + b for the few rows of a decode step (fp32, AVX2/FMA).
  *
- * At 16 rows a decode step's linears are bound by streaming the weights from memory, and the
- * BLAS kernels tuned for big products reach only ~6 GB/s of a 2-core EPYC's ~17. Here the
- * weight is packed once into strips of 16 output columns, (ceil(N/16), K, 16): a strip is read
- * front to back, and a 6-row by 16-column block of y lives in 12 registers while the strip's
- * rows stream through (broadcast x, two FMAs per row). K is cut into chunks of KC so a strip's
- * chunk and the x rows it meets stay in L1 for every block of rows. Strips are split between
- * threads. Measured at 16 rows over the embedded model's layers: ~10-11.5 GB/s vs ~6.5 (oneDNN with
- * packed weights) and ~4.5 (MKL sgemm); at 1 row ~18.5 vs ~12.5.
+ * At 16 rows a decode step's linears stream the weights from memory while doing 32 flops per
+ * weight: both the memory (~19 GB/s here) and the FMA units are near their limits, so the kernel
+ * must keep both busy at once. The rows go across the vector lanes: x is transposed per call into
+ * xT (K, 8 or 16 lanes, zero padded), and the weight is packed once into blocks of 6 output
+ * columns, (ceil(N/6), K, 6). For each k, one or two registers of xT meet 6 broadcast weights in
+ * 12 accumulators, so every weight is loaded exactly once, in one sequential stream per thread,
+ * while the FMAs run: no pass re-reads a strip from cache and the memory never idles between passes
+ * (the earlier 6-row x 16-column register blocks did both, ~11 GB/s against ~14.5 now at 16 rows).
+ * More than 16 rows go in groups of 16 (the weight is streamed once per group). Column blocks are
+ * split between threads.
  */
 #include <immintrin.h>
 #include <stdint.h>
+#include <stdlib.h>
 
-#define NR 16  /* output columns per strip: two 8-float registers */
-#define MR 6   /* rows per register block: 12 accumulators + 2 weights + 1 broadcast */
-#define MC 64  /* rows per pass over a strip (the accumulator tile below) */
-#define KC 128 /* k per chunk: 8 KB of strip + MR x 512 B of x in L1 */
-#define PREFETCH_K 64 /* one 4 KB strip chunk ahead (DRAM latency at ~6 cycles per k) */
+#define NB 6           /* output columns per block: 12 accumulators at 16 lanes */
+#define LANES 16       /* rows per group: two 8-float registers */
+#define PREFETCH_K 64  /* k rows of a block ahead (1.5 KB) */
 
-/* acc (mr, NR) (+)= x[:mr, k0:k0+kn] @ strip[k0:k0+kn]; `first` starts from zero. */
-static inline __attribute__((always_inline)) void block(const float *x, int64_t ldx, const float *strip, int64_t kn,
-                                                        const int mr, float *acc, int first)
+/* 16 lanes: y[rows, block's columns] from xT (K, 16). */
+static inline void block16(const float *xT, int64_t K, const float *w, float out[NB][LANES])
 {
-    __m256 c[MR][2];
-    for (int i = 0; i < mr; i++) {
-        c[i][0] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(acc + i * NR);
-        c[i][1] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(acc + i * NR + 8);
-    }
-    for (int64_t k = 0; k < kn; k++) {
-        _mm_prefetch((const char *)(strip + (k + PREFETCH_K) * NR), _MM_HINT_T0);
-        __m256 b0 = _mm256_loadu_ps(strip + k * NR), b1 = _mm256_loadu_ps(strip + k * NR + 8);
-        for (int i = 0; i < mr; i++) {
-            __m256 a = _mm256_broadcast_ss(x + i * ldx + k);
-            c[i][0] = _mm256_fmadd_ps(a, b0, c[i][0]);
-            c[i][1] = _mm256_fmadd_ps(a, b1, c[i][1]);
+    __m256 c[NB][2];
+    for (int j = 0; j < NB; j++)
+        c[j][0] = c[j][1] = _mm256_setzero_ps();
+    for (int64_t k = 0; k < K; k++) {
+        if ((k & 1) == 0) /* a block row is 24 bytes: one line per ~2.7 k */
+            _mm_prefetch((const char *)(w + (k + PREFETCH_K) * NB), _MM_HINT_T0);
+        const __m256 x0 = _mm256_load_ps(xT + k * LANES), x1 = _mm256_load_ps(xT + k * LANES + 8);
+        for (int j = 0; j < NB; j++) {
+            const __m256 a = _mm256_broadcast_ss(w + k * NB + j);
+            c[j][0] = _mm256_fmadd_ps(a, x0, c[j][0]);
+            c[j][1] = _mm256_fmadd_ps(a, x1, c[j][1]);
         }
     }
-    for (int i = 0; i < mr; i++) {
-        _mm256_storeu_ps(acc + i * NR, c[i][0]);
-        _mm256_storeu_ps(acc + i * NR + 8, c[i][1]);
+    for (int j = 0; j < NB; j++) {
+        _mm256_store_ps(out[j], c[j][0]);
+        _mm256_store_ps(out[j] + 8, c[j][1]);
     }
 }
 
-/* x (M, K) row-major, packed (ceil(N/16), K, 16), bias (N) or NULL, y (M, N) row-major. */
-void small_gemm(const float *x, int64_t M, int64_t K, const float *packed, int64_t N, const float *bias, float *y)
+/* 8 lanes (at most 8 rows): two column blocks at once, so 12 accumulators still hide the FMA latency. */
+static inline void block8x2(const float *xT, int64_t K, const float *w, const float *w2, float out[2 * NB][LANES])
 {
-    const int64_t strips = (N + NR - 1) / NR;
+    __m256 c[2 * NB];
+    for (int j = 0; j < 2 * NB; j++)
+        c[j] = _mm256_setzero_ps();
+    for (int64_t k = 0; k < K; k++) {
+        if ((k & 1) == 0) {
+            _mm_prefetch((const char *)(w + (k + PREFETCH_K) * NB), _MM_HINT_T0);
+            _mm_prefetch((const char *)(w2 + (k + PREFETCH_K) * NB), _MM_HINT_T0);
+        }
+        const __m256 x0 = _mm256_load_ps(xT + k * 8);
+        for (int j = 0; j < NB; j++) {
+            c[j] = _mm256_fmadd_ps(_mm256_broadcast_ss(w + k * NB + j), x0, c[j]);
+            c[NB + j] = _mm256_fmadd_ps(_mm256_broadcast_ss(w2 + k * NB + j), x0, c[NB + j]);
+        }
+    }
+    for (int j = 0; j < 2 * NB; j++)
+        _mm256_store_ps(out[j], c[j]);
+}
+
+/* out[j][r] (+ bias) into y rows [0, rows) of columns [n0, n0 + NB) clipped to N. */
+static inline void scatter(float out[][LANES], int64_t rows, int64_t n0, int64_t N, const float *bias, float *y)
+{
+    const int64_t width = N - n0 < NB ? N - n0 : NB;
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t j = 0; j < width; j++)
+            y[r * N + n0 + j] = out[j][r] + (bias ? bias[n0 + j] : 0.f);
+}
+
+/* x (M, K) row-major, packed (ceil(N/6), K, 6), bias (N) or NULL, y (M, N) row-major.
+ * Returns -1 if the transposed input cannot be allocated, else 0. */
+int small_gemm(const float *x, int64_t M, int64_t K, const float *packed, int64_t N, const float *bias, float *y)
+{
+    const int64_t blocks = (N + NB - 1) / NB, groups = (M + LANES - 1) / LANES;
+    float *xT = aligned_alloc(32, (size_t)(groups * K * LANES * sizeof(float)));
+    if (xT == NULL)
+        return -1;
+    for (int64_t g = 0; g < groups; g++) {
+        const int64_t m0 = g * LANES, rows = M - m0 < LANES ? M - m0 : LANES, lanes = rows <= 8 ? 8 : LANES;
+        float *t = xT + g * K * LANES;
+        for (int64_t k = 0; k < K; k++)
+            for (int64_t r = 0; r < lanes; r++)
+                t[k * lanes + r] = r < rows ? x[(m0 + r) * K + k] : 0.f;
+    }
 #pragma omp parallel
     {
-        float acc[MC * NR];
-#pragma omp for schedule(static)
-        for (int64_t s = 0; s < strips; s++) {
-            const float *strip = packed + s * K * NR;
-            const int64_t n0 = s * NR, width = N - n0 < NR ? N - n0 : NR;
-            for (int64_t m0 = 0; m0 < M; m0 += MC) {
-                const int64_t rows = M - m0 < MC ? M - m0 : MC;
-                for (int64_t k0 = 0; k0 < K; k0 += KC) {
-                    const int64_t kn = K - k0 < KC ? K - k0 : KC;
-                    const float *xk = x + m0 * K + k0;
-                    const float *sk = strip + k0 * NR;
-                    int64_t m = 0;
-                    for (; m + MR <= rows; m += MR)
-                        block(xk + m * K, K, sk, kn, MR, acc + m * NR, k0 == 0);
-                    switch (rows - m) { /* constant row counts, so each block is fully unrolled */
-                    case 5: block(xk + m * K, K, sk, kn, 5, acc + m * NR, k0 == 0); break;
-                    case 4: block(xk + m * K, K, sk, kn, 4, acc + m * NR, k0 == 0); break;
-                    case 3: block(xk + m * K, K, sk, kn, 3, acc + m * NR, k0 == 0); break;
-                    case 2: block(xk + m * K, K, sk, kn, 2, acc + m * NR, k0 == 0); break;
-                    case 1: block(xk + m * K, K, sk, kn, 1, acc + m * NR, k0 == 0); break;
-                    }
+        float out[2 * NB][LANES] __attribute__((aligned(32)));
+        for (int64_t g = 0; g < groups; g++) {
+            const int64_t m0 = g * LANES, rows = M - m0 < LANES ? M - m0 : LANES;
+            const float *t = xT + g * K * LANES;
+            if (rows > 8) {
+#pragma omp for schedule(static) nowait
+                for (int64_t b = 0; b < blocks; b++) {
+                    block16(t, K, packed + b * K * NB, out);
+                    scatter(out, rows, b * NB, N, bias, y + m0 * N);
                 }
-                for (int64_t i = 0; i < rows; i++)
-                    for (int64_t j = 0; j < width; j++)
-                        y[(m0 + i) * N + n0 + j] = acc[i * NR + j] + (bias ? bias[n0 + j] : 0.f);
+            } else {
+#pragma omp for schedule(static) nowait
+                for (int64_t p = 0; p < (blocks + 1) / 2; p++) {
+                    const int64_t b = 2 * p, two = b + 1 < blocks;
+                    const float *w = packed + b * K * NB;
+                    block8x2(t, K, w, two ? w + K * NB : w, out);
+                    scatter(out, rows, b * NB, N, bias, y + m0 * N);
+                    if (two)
+                        scatter(out + NB, rows, (b + 1) * NB, N, bias, y + m0 * N);
+                }
             }
         }
     }
+    free(xT);
+    return 0;
 }
