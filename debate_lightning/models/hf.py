@@ -20,6 +20,7 @@ import torch
 from debate_lightning.models.base import Chat, Generation, Generator, SamplingParams
 from debate_lightning.models.decode import FastDecoder, Sampler
 from debate_lightning.models.embedded import EMBEDDED, resolve
+from debate_lightning.models import lower_right_attention
 from debate_lightning.models.fused_modules import fuse_frozen_modules
 from debate_lightning.models.packed_linear import pack_frozen_linears
 
@@ -140,6 +141,8 @@ class HFGenerator(Generator):
                 pack_frozen_linears(model)
             if fused_modules:
                 fuse_frozen_modules(model)
+            if prefix_cache:  # cached-prefix forwards of one row without an explicit causal mask
+                lower_right_attention.install(model)
         elif tokenizer is None:
             raise ValueError("HFGenerator(model=...) also needs its tokenizer")
         if tokenizer.pad_token is None:
@@ -441,8 +444,6 @@ class HFGenerator(Generator):
         row is masked, and position ids come from the mask's cumulative sum, so every real token
         keeps the position it has in the unpadded prompt: the result equals uncached generation.
         """
-        from transformers import DynamicCache
-
         prefixes = [tuple(p[:n]) for p, n in zip(prompts, cut)]
         suffixes = [list(p[n:]) for p, n in zip(prompts, cut)]
         width_p = max(len(p) for p in prefixes)
@@ -456,7 +457,7 @@ class HFGenerator(Generator):
             mask[i, width_p - len(pre) : width_p] = 1
             ids[i, width_p + width_s - len(suf) :] = torch.tensor(suf)
             mask[i, width_p + width_s - len(suf) :] = 1
-        cache = DynamicCache()
+        layers = []
         for layer in range(len(kvs[0])):
             keys, values = [], []
             for kv, pre in zip(kvs, prefixes):
@@ -464,8 +465,8 @@ class HFGenerator(Generator):
                 gap = width_p - len(pre)
                 keys.append(torch.nn.functional.pad(k, (0, 0, gap, 0)))
                 values.append(torch.nn.functional.pad(v, (0, 0, gap, 0)))
-            cache.update(torch.cat(keys), torch.cat(values), layer)
-        return ids.to(self.device), mask.to(self.device), cache
+            layers.append((torch.cat(keys), torch.cat(values)))
+        return ids.to(self.device), mask.to(self.device), _cache_of(layers)
 
     def _prefix_kv(self, prefix: tuple[int, ...]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per-layer (key, value) of one prefix at batch 1, computed and kept in the LRU."""
@@ -512,16 +513,20 @@ class HFGenerator(Generator):
         targets = [c[0] for c in choice_ids]
         prompts = [self.prompt_ids(c) for c in chats]
         # Every judge chat starts with the same system message: in a chunk of several (padded)
-        # rows its KV comes from the prefix cache. A chunk of one row runs whole and unmasked
-        # instead: attention can then skip the causal upper half (SDPA's is_causal), which saves
-        # more than recomputing the system message costs (~5% at ~1,000 tokens).
+        # rows its KV comes from the prefix cache. Chunks of one row run in token order, each
+        # after the KV of the longest start it shares with the one before (the system message;
+        # with both orders judged, also the question and answer A of the same round's other order).
         prefix = [self.system_prefix_len(c, p) for c, p in zip(chats, prompts)] if self.prefixes is not None else None
         self._begin_call()
         out: list[list[float]] = [[] for _ in prompts]
+        singles = []
         with eval_mode(self.model):
             for chunk in self.score_chunks([len(p) for p in prompts]):
+                if len(chunk) == 1:
+                    singles.append(chunk[0])
+                    continue
                 cache = None
-                if prefix and len(chunk) > 1 and min(prefix[i] for i in chunk) > 0:
+                if prefix and min(prefix[i] for i in chunk) > 0:
                     rows = [prompts[i] for i in chunk]
                     ids, mask, cache = self._prefixed_batch(rows, *self._cached_prefixes(rows, [prefix[i] for i in chunk]))
                 else:
@@ -529,11 +534,26 @@ class HFGenerator(Generator):
                 last = self._forward_logprobs(ids, mask, last_only=True, cache=cache)
                 for row, i in enumerate(chunk):
                     out[i] = [float(last[row, t]) for t in targets]
+            reuse = self.prefixes is not None and self.model.config._attn_implementation == lower_right_attention.NAME
+            previous: tuple[list[int], list] | None = None
+            for i in sorted(singles, key=lambda i: prompts[i]):
+                ids = torch.tensor([prompts[i]], device=self.device)
+                cache, shared = None, _common_prefix(prompts[i], previous[0], len(prompts[i]) - 1) if previous else 0
+                if reuse and shared >= MIN_REUSED_TOKENS:
+                    cache = _cache_of([(k[:, :, :shared], v[:, :, :shared]) for k, v in previous[1]])
+                    self.stats["reused_tokens"] += shared
+                if reuse:
+                    last, kv = self._forward_logprobs(ids, torch.ones_like(ids), last_only=True, cache=cache, keep_cache=True)
+                    previous = (prompts[i], kv)
+                else:
+                    last = self._forward_logprobs(ids, torch.ones_like(ids), last_only=True)
+                out[i] = [float(last[0, t]) for t in targets]
         return out
 
-    def _forward_logprobs(self, ids: torch.Tensor, mask: torch.Tensor, last_only: bool = False, cache=None) -> torch.Tensor:
+    def _forward_logprobs(self, ids: torch.Tensor, mask: torch.Tensor, last_only: bool = False, cache=None, keep_cache: bool = False):
         """Log-probs after every position of ``ids`` (or only the last); with ``cache`` (a prefix
-        KV of ``_prefixed_batch``) only the columns after it are run."""
+        KV, e.g. of ``_prefixed_batch``) only the columns after it are run. With ``keep_cache``
+        returns (log-probs, per-layer (keys, values) of all of ``ids``)."""
         self.stats["forward_batches"] += 1
         position_ids = positions_from_mask(mask)
         kwargs: dict[str, Any] = {"logits_to_keep": 1} if last_only else {}
@@ -541,10 +561,13 @@ class HFGenerator(Generator):
         if cache is not None:
             cached = cache.get_seq_length()
             kwargs[_cache_kwarg()] = cache
-        logits = self.model(input_ids=ids[:, cached:], attention_mask=mask, position_ids=position_ids[:, cached:], **kwargs).logits
-        if last_only:
-            return logits[:, -1].float().log_softmax(-1)
-        return logits.float().log_softmax(-1)
+        out = self.model(input_ids=ids[:, cached:], attention_mask=mask, position_ids=position_ids[:, cached:],
+                         use_cache=keep_cache or cache is not None, **kwargs)
+        logits = out.logits
+        logprobs = logits[:, -1].float().log_softmax(-1) if last_only else logits.float().log_softmax(-1)
+        if keep_cache:
+            return logprobs, [(layer.keys, layer.values) for layer in getattr(out, _cache_kwarg()).layers]
+        return logprobs
 
 
 def _length_groups(
@@ -569,6 +592,25 @@ def _length_groups(
         groups.append([i])
         total = lengths[i]
     return groups
+
+
+MIN_REUSED_TOKENS = 16  # a shorter shared start is not worth the second attention call
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int], limit: int) -> int:
+    """How many leading tokens ``a`` and ``b`` share, at most ``limit``."""
+    n = min(len(a), len(b), limit)
+    return next((j for j in range(n) if a[j] != b[j]), n)
+
+
+def _cache_of(kv: Sequence[tuple[torch.Tensor, torch.Tensor]]):
+    """A transformers cache holding per-layer (keys, values)."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    for layer, (k, v) in enumerate(kv):
+        cache.update(k, v, layer)
+    return cache
 
 
 def _shared_groups(prompts: Sequence[Sequence[int]], prefix_lens: Sequence[int] | None) -> list[tuple[list[int], int]] | None:
