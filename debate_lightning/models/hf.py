@@ -22,6 +22,7 @@ from debate_lightning.models.decode import FastDecoder, Sampler
 from debate_lightning.models.embedded import EMBEDDED, resolve
 from debate_lightning.models import lower_right_attention
 from debate_lightning.models.fused_modules import fuse_frozen_modules
+from debate_lightning.models.last_position import last_position_only, trim_last_layer
 from debate_lightning.models.packed_linear import pack_frozen_linears
 
 def _cache_kwarg() -> str:
@@ -143,6 +144,8 @@ class HFGenerator(Generator):
                 fuse_frozen_modules(model)
             if prefix_cache:  # cached-prefix forwards of one row without an explicit causal mask
                 lower_right_attention.install(model)
+            if fused_modules:
+                trim_last_layer(model)
         elif tokenizer is None:
             raise ValueError("HFGenerator(model=...) also needs its tokenizer")
         if tokenizer.pad_token is None:
@@ -339,14 +342,15 @@ class HFGenerator(Generator):
         cached = cache.get_seq_length() if cache is not None else 0
         positions = positions_from_mask(mask)
         kwargs = {_cache_kwarg(): cache} if cache is not None else {}
-        out = self.model(
-            input_ids=ids[:, cached:],
-            attention_mask=mask,
-            position_ids=positions[:, cached:],
-            use_cache=True,
-            logits_to_keep=1,
-            **kwargs,
-        )
+        with last_position_only(self.model):
+            out = self.model(
+                input_ids=ids[:, cached:],
+                attention_mask=mask,
+                position_ids=positions[:, cached:],
+                use_cache=True,
+                logits_to_keep=1,
+                **kwargs,
+            )
         layers = getattr(out, _cache_kwarg()).layers
         return [layer.keys for layer in layers], [layer.values for layer in layers], mask, out.logits[:, -1]
 
@@ -473,7 +477,8 @@ class HFGenerator(Generator):
         assert self.prefixes is not None
         self.stats["prefix_misses"] += 1
         ids = torch.tensor([prefix], device=self.device)
-        out = self.model(input_ids=ids, use_cache=True, logits_to_keep=1)
+        with last_position_only(self.model):
+            out = self.model(input_ids=ids, use_cache=True, logits_to_keep=1)
         kv = [(layer.keys, layer.values) for layer in getattr(out, _cache_kwarg()).layers]
         self.prefixes.put(prefix, kv)
         return kv
@@ -561,8 +566,9 @@ class HFGenerator(Generator):
         if cache is not None:
             cached = cache.get_seq_length()
             kwargs[_cache_kwarg()] = cache
-        out = self.model(input_ids=ids[:, cached:], attention_mask=mask, position_ids=position_ids[:, cached:],
-                         use_cache=keep_cache or cache is not None, **kwargs)
+        with last_position_only(self.model) if last_only else contextlib.nullcontext():
+            out = self.model(input_ids=ids[:, cached:], attention_mask=mask, position_ids=position_ids[:, cached:],
+                             use_cache=keep_cache or cache is not None, **kwargs)
         logits = out.logits
         logprobs = logits[:, -1].float().log_softmax(-1) if last_only else logits.float().log_softmax(-1)
         if keep_cache:

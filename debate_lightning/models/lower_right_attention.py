@@ -73,6 +73,11 @@ def _attention(module, query, key, value, attention_mask, dropout=0.0, scaling=N
                                   is_causal=is_causal, **kwargs)
 
 
+def available() -> bool:
+    """This torch has the CPU flash-attention op that returns the log-sum-exp."""
+    return hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu")
+
+
 def install(model: torch.nn.Module) -> bool:
     """Switch ``model`` from transformers' ``sdpa`` attention to ``sdpa_lower_right``; returns
     whether it did (models on another attention implementation keep theirs)."""
@@ -80,7 +85,7 @@ def install(model: torch.nn.Module) -> bool:
     from transformers.masking_utils import AttentionMaskInterface
 
     config = getattr(model, "config", None)
-    if getattr(config, "_attn_implementation", None) != "sdpa":
+    if getattr(config, "_attn_implementation", None) != "sdpa" or not available():
         return False
     AttentionInterface.register(NAME, _attention)
     AttentionMaskInterface.register(NAME, _mask)

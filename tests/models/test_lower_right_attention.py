@@ -76,12 +76,15 @@ def test_other_calls_keep_transformers_masks():
         torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
-def test_models_on_other_attention_are_left_alone():
+def test_models_on_other_attention_or_without_the_op_are_left_alone(monkeypatch):
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                          num_attention_heads=2, num_key_value_heads=1, attn_implementation="eager")
     model = LlamaForCausalLM(config)
     assert not lra.install(model) and model.config._attn_implementation == "eager"
+    _, fast = _twins()
+    monkeypatch.setattr(lra, "available", lambda: False)  # a torch without the CPU flash op
+    assert not lra.install(fast) and fast.config._attn_implementation == "sdpa"
 
 
 def test_judge_reuses_the_start_shared_with_the_previous_chat(tiny_model_dir):
