@@ -264,8 +264,8 @@ class FastDecoder:
         for k, v in zip(prompt_keys, prompt_values):
             k_buf = k.new_empty(batch, k.shape[1], total, k.shape[3])
             v_buf = v.new_empty(batch, v.shape[1], total, v.shape[3])
-            k_buf[:, :, :width] = layout.gather(k)
-            v_buf[:, :, :width] = layout.gather(v)
+            layout.gather(k, k_buf[:, :, :width])
+            layout.gather(v, v_buf[:, :, :width])
             keys.append(k_buf)
             values.append(v_buf)
             shared_kv.append(layout.shared(k, v))
@@ -400,12 +400,13 @@ class _Layout:
     def unsort(self) -> torch.Tensor | slice:
         return slice(None) if self.order is None else torch.argsort(self.order)
 
-    def gather(self, kv: torch.Tensor) -> torch.Tensor:
-        """The prefilled (B, kv, W, D) keys or values in buffer layout (zeros where padded)."""
+    def gather(self, kv: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """The prefilled (B, kv, W, D) keys or values in buffer layout (zeros where padded),
+        written into ``out``."""
         if self.order is None:
-            return kv
-        out = kv.new_zeros(len(self.columns), kv.shape[1], self.width, kv.shape[3])
+            return out.copy_(kv)
         for i, (row, c) in enumerate(zip(self.order.tolist(), self.columns)):
+            out[i, :, : self.width - len(c)] = 0
             out[i, :, self.width - len(c) :] = kv[row, :, c]
         return out
 
@@ -464,16 +465,24 @@ class Decoded:
         layout = self.layout
         i = layout.buffer_row(row)
         width = layout.width
-        columns = torch.cat([layout.mask[i].nonzero().squeeze(1), torch.arange(width, width + new, device=layout.mask.device)])
+        real = layout.mask[i].nonzero().squeeze(1)
+        if real.numel() and int(real[0]) + real.numel() == width:  # left-padded: one slice, no gather
+            columns: slice | torch.Tensor = slice(int(real[0]), width + new)
+        else:
+            columns = torch.cat([real, torch.arange(width, width + new, device=layout.mask.device)])
         group = layout.group_of(i)
+        n = len(layout.spans[group][3]) if group is not None else 0
         out = []
-        for layer, (k, v) in enumerate(zip(self.keys, self.values)):
-            k_row, v_row = k[i, :, columns], v[i, :, columns]
-            if group is not None:
-                k_s, v_s = self.shared_kv[layer]
-                n = len(layout.spans[group][3])
-                k_row, v_row = torch.cat([k_s[group, :, :n], k_row], 1), torch.cat([v_s[group, :, :n], v_row], 1)
-            out.append((k_row[None], v_row[None]))
+        for layer, buffers in enumerate(zip(self.keys, self.values)):
+            pair = []
+            for j, buffer in enumerate(buffers):
+                own = buffer[i, :, columns]
+                kv = buffer.new_empty(1, buffer.shape[1], n + own.shape[1], buffer.shape[3])  # one copy per row
+                if n:
+                    kv[0, :, :n] = self.shared_kv[layer][j][group, :, :n]
+                kv[0, :, n:] = own
+                pair.append(kv)
+            out.append((pair[0], pair[1]))
         return out
 
 

@@ -463,13 +463,16 @@ class HFGenerator(Generator):
             mask[i, width_p + width_s - len(suf) :] = 1
         layers = []
         for layer in range(len(kvs[0])):
-            keys, values = [], []
-            for kv, pre in zip(kvs, prefixes):
-                k, v = kv[layer]
-                gap = width_p - len(pre)
-                keys.append(torch.nn.functional.pad(k, (0, 0, gap, 0)))
-                values.append(torch.nn.functional.pad(v, (0, 0, gap, 0)))
-            layers.append((torch.cat(keys), torch.cat(values)))
+            pair = []
+            for j in range(2):  # keys, values: each row's prefix copied once, right-aligned
+                first = kvs[0][layer][j]
+                out = first.new_empty(batch, first.shape[1], width_p, first.shape[3])
+                for i, (kv, pre) in enumerate(zip(kvs, prefixes)):
+                    gap = width_p - len(pre)
+                    out[i, :, :gap] = 0
+                    out[i, :, gap:] = kv[layer][j][0]
+                pair.append(out)
+            layers.append((pair[0], pair[1]))
         return ids.to(self.device), mask.to(self.device), _cache_of(layers)
 
     def _prefix_kv(self, prefix: tuple[int, ...]) -> list[tuple[torch.Tensor, torch.Tensor]]:
