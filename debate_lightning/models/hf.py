@@ -140,12 +140,11 @@ class HFGenerator(Generator):
             model.requires_grad_(False)  # ours, for inference only: frozen, so its linears can be packed
             if packed_linear:
                 pack_frozen_linears(model)
-            if fused_modules:
+            if fused_modules:  # native RMSNorm/MLP; the last layer at the last position only
                 fuse_frozen_modules(model)
+                trim_last_layer(model)
             if prefix_cache:  # cached-prefix forwards of one row without an explicit causal mask
                 lower_right_attention.install(model)
-            if fused_modules:
-                trim_last_layer(model)
         elif tokenizer is None:
             raise ValueError("HFGenerator(model=...) also needs its tokenizer")
         if tokenizer.pad_token is None:

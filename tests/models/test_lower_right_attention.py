@@ -29,6 +29,25 @@ def test_split_attention_equals_explicit_lower_right_mask(length, total):
     torch.testing.assert_close(lra.lower_right_causal(q, k, v), want, rtol=1e-5, atol=1e-5)
 
 
+def test_marker_with_what_the_split_does_not_cover_gets_the_explicit_mask():
+    """Dropout (a model in training mode under no_grad) falls back to the mask transformers
+    would have built; with dropout 0 that fallback equals the split."""
+    _, fast = _twins()
+    attn = fast.model.layers[0].self_attn
+    torch.manual_seed(1)
+    q, k, v = torch.randn(1, 4, 6, 16), torch.randn(1, 2, 11, 16), torch.randn(1, 2, 11, 16)
+    split, _ = lra._attention(attn, q, k, v, lra.LOWER_RIGHT, scaling=0.25)
+    mask = torch.ones(6, 11, dtype=torch.bool).tril(5)[None, None]
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    want, _ = sdpa_attention_forward(attn, q, k, v, mask, scaling=0.25)
+    torch.testing.assert_close(split, want, rtol=1e-5, atol=1e-5)
+    torch.manual_seed(2)
+    dropped, _ = lra._attention(attn, q, k, v, lra.LOWER_RIGHT, dropout=0.5, scaling=0.25)
+    torch.manual_seed(2)
+    explicit, _ = sdpa_attention_forward(attn, q, k, v, mask, dropout=0.5, scaling=0.25)
+    torch.testing.assert_close(dropped, explicit)
+
+
 def test_cached_forward_of_one_row_takes_the_split_and_equals_a_whole_forward():
     stock, fast = _twins()
     assert lra.install(fast) and fast.config._attn_implementation == lra.NAME
