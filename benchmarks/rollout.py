@@ -11,8 +11,10 @@ speech; prefills rows in groups of similar new-token counts; decodes with the le
 (``models/decode.py``) on the native CPU kernels where they build (``models/native``: small-batch
 GEMM on packed weights, decode attention reading a story's KV once per group of rows sharing it,
 one-call RMSNorm/SiLU/rotary/sampling); and runs its other forwards (prefill, judging) through
-packed oneDNN linears (``models/packed_linear.py``) and native RMSNorm/MLP ops
-(``models/fused_modules.py``). Both sides play the same chats (same prompt set, same tokens).
+packed oneDNN linears (``models/packed_linear.py``), native RMSNorm/MLP ops
+(``models/fused_modules.py``) and a last layer computed at the last position only
+(``models/last_position.py``). The judge scores its transcripts in token order, each after the KV
+of the start it shares with the one before (``models/lower_right_attention.py``). Both sides play the same chats (same prompt set, same tokens).
 Speech and judging times are printed apart: judging is a compute-bound forward over every
 transcript (twice, both orders) on both sides, so it bounds the whole-round ratio.
 

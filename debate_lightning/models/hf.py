@@ -605,10 +605,11 @@ def _length_groups(
 MIN_REUSED_TOKENS = 16  # a shorter shared start is not worth the second attention call
 
 
-def _common_prefix(a: Sequence[int], b: Sequence[int], limit: int) -> int:
-    """How many leading tokens ``a`` and ``b`` share, at most ``limit``."""
-    n = min(len(a), len(b), limit)
-    return next((j for j in range(n) if a[j] != b[j]), n)
+def _common_prefix(a: Sequence[int] | np.ndarray, b: Sequence[int] | np.ndarray, limit: int | None = None) -> int:
+    """How many leading tokens ``a`` and ``b`` share (at most ``limit``)."""
+    n = min(len(a), len(b)) if limit is None else min(len(a), len(b), limit)
+    differ = np.flatnonzero(np.asarray(a[:n]) != np.asarray(b[:n]))
+    return int(differ[0]) if differ.size else n
 
 
 def _cache_of(kv: Sequence[tuple[torch.Tensor, torch.Tensor]]):
@@ -658,11 +659,9 @@ class PrefixCache:
         query = np.asarray(tokens[: len(tokens) if limit is None else limit], dtype=np.int64)
         best, best_key = 0, None
         for key, (arr, _, _) in self._items.items():
-            m = min(len(arr), len(query))
-            if m <= best:
+            if min(len(arr), len(query)) <= best:
                 continue
-            differ = np.flatnonzero(arr[:m] != query[:m])
-            n = int(differ[0]) if differ.size else m
+            n = _common_prefix(arr, query)
             if n > best:
                 best, best_key = n, key
         if best_key is None:
