@@ -9,7 +9,7 @@ only. That is ~94% of the last layer: ~3% of a 30-layer forward, at no cost in e
 
 :func:`trim_last_layer` switches a Llama model's last decoder layer to a subclass that does this
 inside :func:`last_position_only`, without autograd, when the mask is SDPA-style (None, a boolean
-or additive (B, 1, L, S) mask, or the lower-right marker); everywhere else it runs the stock forward.
+or additive (B, 1, L, S) mask, or the lower-right marker with its key mask); everywhere else it runs the stock forward.
 """
 
 from __future__ import annotations
@@ -47,7 +47,10 @@ class _LastPositionLayer:
         if cache is not None:
             keys, values = cache.update(keys, values, attn.layer_idx)
         # The last query sees every real key: its row of the mask (none when the mask is causal only).
-        mask = attention_mask[:, :, -1:, :] if isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 4 else None
+        if isinstance(attention_mask, lower_right_attention.LowerRight):
+            mask = attention_mask.last_row()
+        else:
+            mask = attention_mask[:, :, -1:, :] if isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 4 else None
         groups = attn.num_key_value_groups
         out = F.scaled_dot_product_attention(query, repeat_kv(keys, groups), repeat_kv(values, groups), attn_mask=mask,
                                              scale=attn.scaling)
@@ -59,7 +62,7 @@ class _LastPositionLayer:
             return False
         if kwargs.get("output_attentions") or self.self_attn.training:
             return False
-        if attention_mask is None or attention_mask is lower_right_attention.LOWER_RIGHT:
+        if attention_mask is None or isinstance(attention_mask, lower_right_attention.LowerRight):
             return True
         return isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 4 and attention_mask.shape[2] == hidden_states.shape[1]
 

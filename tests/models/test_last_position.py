@@ -1,5 +1,7 @@
 """The last layer at the last position only, against stock forwards."""
 
+import copy
+
 import torch
 from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 
@@ -15,7 +17,7 @@ def _twins(**extra):
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
                          attn_implementation="sdpa", **extra)
     stock = LlamaForCausalLM(config).eval()
-    trimmed = LlamaForCausalLM(config).eval()
+    trimmed = LlamaForCausalLM(copy.deepcopy(config)).eval()  # its own config: install() changes it
     trimmed.load_state_dict(stock.state_dict())
     assert trim_last_layer(trimmed) and trim_last_layer(trimmed)  # idempotent
     return stock, trimmed

@@ -1,4 +1,4 @@
-"""The compiled decode-attention kernel against attention written out in torch."""
+"""The compiled kernels (decode and causal attention, small GEMM, step ops) against torch."""
 
 import pytest
 import torch
@@ -55,6 +55,62 @@ def test_kernel_matches_torch(g, d, with_shared):
         keys[b, :, : start[b]] = float("nan")
         values[b, :, : start[b]] = float("nan")
     torch.testing.assert_close(kernel(0, q, keys, values, width), want, rtol=1e-5, atol=1e-5)
+
+
+def _causal_reference(q, k, v, key_mask):
+    """Lower-right causal SDPA with the key mask, written out: (B, L, H, d); rows that see no
+    key are zeros."""
+    batch, heads, length, d = q.shape
+    total, g = k.shape[2], heads // k.shape[1]
+    k, v = k.repeat_interleave(g, 1), v.repeat_interleave(g, 1)
+    allowed = torch.ones(length, total, dtype=torch.bool).tril(total - length)[None, None]
+    if key_mask is not None:
+        allowed = allowed & key_mask[:, None, None, :]
+    scores = (q @ k.transpose(-1, -2) / d**0.5).masked_fill(~allowed, float("-inf"))
+    weights = torch.softmax(scores, -1).nan_to_num(0.0)
+    return (weights @ v).transpose(1, 2)
+
+
+@pytest.mark.parametrize(
+    ("batch", "heads", "kv", "length", "total", "d"),
+    [(1, 9, 3, 150, 170, 64), (1, 9, 3, 7, 7, 64), (2, 4, 4, 33, 100, 32), (3, 9, 3, 65, 65, 64),
+     (1, 14, 2, 20, 90, 16), (2, 6, 3, 1, 64, 64), (2, 9, 3, 129, 300, 128)],
+)
+@pytest.mark.parametrize("padded", [False, True])
+def test_causal_attention_matches_masked_softmax(batch, heads, kv, length, total, d, padded):
+    """Lower-right alignment, grouped heads (1 to 7 per kv head: tiles of 6 rows split a group),
+    key blocks past 64 and tails, a strided query (the (B, L, H, d) projection transposed), key
+    masks with left padding and gaps, and a query that sees no key (zeros, not NaN)."""
+    torch.manual_seed(batch * 1000 + length + total + d)
+    q = torch.randn(batch, length, heads, d).transpose(1, 2)
+    k, v = torch.randn(batch, kv, total, d), torch.randn(batch, kv, total, d)
+    key_mask = None
+    if padded:
+        key_mask = torch.rand(batch, total) > 0.2
+        key_mask[:, : total // 5] = False  # left padding: with length == total, early queries see nothing
+        key_mask[:, -1] = True
+    if _library() is None:
+        assert not native.causal_attention_supports(q, k)
+        return
+    got = native.causal_attention(q, k, v, key_mask)
+    assert got.shape == (batch, length, heads, d) and got.is_contiguous()
+    torch.testing.assert_close(got, _causal_reference(q, k, v, key_mask), rtol=1e-5, atol=1e-5)
+    scaled = native.causal_attention(q, k, v, key_mask, scale=0.5 / d**0.5)
+    torch.testing.assert_close(scaled, _causal_reference(q * 0.5, k, v, key_mask), rtol=1e-5, atol=1e-5)
+
+
+def test_causal_attention_refuses_what_it_cannot_take():
+    if _library() is None:
+        return
+    q, k = torch.randn(1, 4, 5, 64), torch.randn(1, 2, 9, 64)
+    assert native.causal_attention_supports(q, k)
+    for bad_q, bad_k in [(q.double(), k.double()), (q[..., :24], k[..., :24]), (torch.randn(1, 3, 5, 64), k),
+                         (torch.randn(1, 4, 10, 64), k)]:
+        assert not native.causal_attention_supports(bad_q, bad_k)
+        with pytest.raises(ValueError, match="causal_attention cannot take"):
+            native.causal_attention(bad_q, bad_k, bad_k)
+    with pytest.raises(ValueError, match="key mask"):
+        native.causal_attention(q, k, k, torch.ones(1, 8, dtype=torch.bool))
 
 
 @pytest.mark.parametrize("rows", [1, 5, 8, 9, 16, 17, 24, 25, 40])

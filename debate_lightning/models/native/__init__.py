@@ -6,6 +6,9 @@ kernels (tuned for big products) reach about half of this CPU's bandwidth there:
 
 * ``decode_attention.c``: one query token per row against its cache (and its group's shared
   prefix), each key/value row read once (:class:`DecodeAttention`);
+* ``causal_attention.c``: causal attention of many query tokens (prefill, judging), lower-right
+  aligned after a cache, with a key mask for padding, computing each query tile only up to its
+  own last key (:func:`causal_attention`);
 * ``small_gemm.c``: linears of a few rows (across the vector lanes) against weights packed once into 6-column blocks
   (:class:`SmallLinear`);
 * ``decode_ops.c``: RMSNorm, the SiLU gate, the rotary embedding with the cache write, and
@@ -37,6 +40,7 @@ import shlex
 import shutil
 import subprocess
 import tempfile
+import threading
 from pathlib import Path
 
 import torch
@@ -45,7 +49,9 @@ from debate_lightning.models.embedded import cache_root
 
 log = logging.getLogger(__name__)
 
-SOURCES = tuple(Path(__file__).with_name(name) for name in ("decode_attention.c", "small_gemm.c", "decode_ops.c"))
+SOURCES = tuple(Path(__file__).with_name(name) for name in (
+    "decode_attention.c", "causal_attention.c", "small_gemm.c", "decode_ops.c"
+))
 FLAGS = ("-O3", "-march=native", "-ffast-math", "-fopenmp", "-shared", "-fPIC")
 _P, _I = ctypes.c_void_p, ctypes.c_int64
 
@@ -146,6 +152,9 @@ def library() -> ctypes.CDLL | None:
             lib.decode_attention.restype = ctypes.c_int
             lib.decode_attention.argtypes = [_P, _P, _P, _P, _I, _I, _I, _I, _I, _I, ctypes.c_float,
                                              _P, _P, _P, _P, _I, _P, _P]
+            lib.causal_attention.restype = ctypes.c_int
+            lib.causal_attention.argtypes = [_P, _I, _I, _I, _P, _I, _I, _I, _P, _I, _I, _I, _P, _I, _I, _I, _I, _I, _I,
+                                             ctypes.c_float, _P, _P]
             lib.small_gemm.restype = ctypes.c_int
             lib.small_gemm.argtypes = [_P, _I, _I, _P, _I, _P, _P]
             lib.rms_norm.restype = lib.silu_mul.restype = lib.rope_store.restype = None
@@ -213,6 +222,56 @@ class DecodeAttention:
             _ptr(self.shared_len if ks is not None else None), self.shared_width, self.out.data_ptr(), self.scratch.data_ptr(),
         )
         return self.out
+
+
+_scratch = threading.local()  # per thread: ctypes calls release the GIL
+
+
+def _scratch_floats(n: int) -> torch.Tensor:
+    """A reused buffer of at least ``n`` floats (fresh pages cost more than the transpose)."""
+    buf = getattr(_scratch, "buf", None)
+    if buf is None or buf.numel() < n:
+        buf = _scratch.buf = torch.empty(max(n, 1 << 16))
+    return buf
+
+
+def causal_attention_supports(query: torch.Tensor, key: torch.Tensor) -> bool:
+    """Whether :func:`causal_attention` takes these (B, H, L, d) / (B, kv, S, d) tensors."""
+    return (
+        query.dtype == key.dtype == torch.float32 and query.device.type == key.device.type == "cpu"
+        and query.dim() == key.dim() == 4 and query.shape[0] == key.shape[0] and query.shape[3] == key.shape[3]
+        and query.shape[3] % 16 == 0 and query.shape[3] <= 256 and query.shape[1] % key.shape[1] == 0
+        and query.shape[2] <= key.shape[2] and library() is not None
+    )
+
+
+def causal_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, key_mask: torch.Tensor | None = None,
+                     scale: float | None = None) -> torch.Tensor:
+    """Lower-right causal attention: ``query`` (B, H, L, d) holds the last L of the S positions of
+    ``key``/``value`` (B, kv, S, d) (H a multiple of kv: grouped-query heads read their kv head
+    directly), query i sees keys up to S - L + i that ``key_mask`` (B, S) marks visible (None:
+    all). Returns (B, L, H, d), the layout attention modules hand their output projection; a
+    query with no visible key gets zeros. fp32 CPU only (:func:`causal_attention_supports`)."""
+    lib = library()
+    if lib is None or not causal_attention_supports(query, key) or value.shape != key.shape or value.dtype != key.dtype:
+        raise ValueError(f"causal_attention cannot take query {tuple(query.shape)} {query.dtype}, key {tuple(key.shape)}, "
+                         f"value {tuple(value.shape)} (fp32 CPU, head_dim a multiple of 16 up to 256, native kernels built)")
+    batch, heads, length, d = query.shape
+    kv, total = key.shape[1], key.shape[2]
+    tensors = [t if t.stride(3) == 1 else t.contiguous() for t in (query, key, value)]
+    mask = None
+    if key_mask is not None:
+        if key_mask.shape != (batch, total):
+            raise ValueError(f"causal_attention: key mask {tuple(key_mask.shape)} for {batch} rows of {total} keys")
+        mask = key_mask.to(device="cpu", dtype=torch.uint8).contiguous()
+    out = query.new_empty(batch, length, heads, d)
+    scratch = _scratch_floats(batch * kv * d * (-(-total // 16) * 16))
+    if lib.causal_attention(
+        *(x for t in tensors for x in (t.data_ptr(), *t.stride()[:3])), _ptr(mask), batch, heads, kv, length, total, d,
+        d**-0.5 if scale is None else scale, out.data_ptr(), scratch.data_ptr(),
+    ):
+        raise ValueError(f"causal_attention: the kernel refused query {tuple(query.shape)}, key {tuple(key.shape)}")
+    return out
 
 
 class SmallLinear:
