@@ -1,4 +1,5 @@
-"""Frozen fp32 linear layers: PyTorch's default GEMM against packed oneDNN weights, side by side.
+"""Frozen fp32 linear layers: PyTorch's default GEMM against packed oneDNN weights
+(``debate_lightning/accel/packed_linear.py``), side by side.
 
 The shapes are the embedded model's projections (576 wide, 1536 MLP, 49152 vocabulary) at the row
 counts the package runs: 1 (one-at-a-time decode), 16 and 32 (batched decode), and 2752 (a prefill
@@ -7,7 +8,8 @@ real forward pass does.
 
     python benchmarks/linear.py
 
-The last line is ``ratio: X``: packed over default GFLOP/s, summed over the shapes.
+The last line is ``ratio: X``: packed over default GFLOP/s, summed over the shapes. ``make bench``
+runs it with the other benchmarks; figures: ``docs/performance.md``.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from debate_lightning.models.packed_linear import available, packed_matmul
+from debate_lightning.accel import packed_linear_available as available, packed_matmul
 
 SHAPES = [(1536, 576), (576, 1536), (576, 576), (49152, 576)]
 

@@ -5,18 +5,19 @@ sampling settings and dtype, and fixed-length speeches (min = max new tokens), s
 exactly the same number of tokens. The baseline is how the old research code effectively ran:
 a stock transformers model, one ``model.generate`` call per speech at batch 1, no prompt reuse,
 and one judge forward per transcript. The engine gathers every pending speech of every round into
-one batched call per turn and, in ``HFGenerator``: carries each debater's KV cache over from its
-last turn (the chat of a turn extends the last one), so a turn prefills only the opponent's new
-speech; prefills rows in groups of similar new-token counts; decodes with the lean loop
-(``models/decode.py``) on the native CPU kernels where they build (``models/native``: small-batch
-GEMM on packed weights, decode attention reading a story's KV once per group of rows sharing it,
-one-call RMSNorm/SiLU/rotary/sampling); and runs its other forwards (prefill, judging) through
-packed oneDNN linears (``models/packed_linear.py``), native RMSNorm/MLP ops
-(``models/fused_modules.py``) and a last layer computed at the last position only
-(``models/last_position.py``). The judge scores its transcripts in token order, each after the KV
+one batched call per turn and, in ``HFGenerator`` (``models/hf.py``): carries each debater's KV
+cache over from its last turn (the chat of a turn extends the last one), so a turn prefills only
+the opponent's new speech; prefills rows in groups of similar new-token counts; and, through the
+optional CPU engine ``debate_lightning/accel/`` (on for CPU devices where it passes its probes),
+decodes with the lean loop (``accel/decode.py``) on the native CPU kernels where they build
+(``accel/native/``: small-batch GEMM on packed weights, decode attention reading a story's KV once
+per group of rows sharing it, one-call RMSNorm/SiLU/rotary/sampling), and runs its other forwards
+(prefill, judging) through packed oneDNN linears (``accel/packed_linear.py``), native RMSNorm/MLP
+ops (``accel/fused_modules.py``) and a last layer computed at the last position only
+(``accel/last_position.py``). The judge scores its transcripts in token order, each after the KV
 of the start it shares with the one before, and every causal forward's attention runs on the native
-kernel (``models/lower_right_attention.py``, ``native/causal_attention.c``). Both sides play the
-same chats (same prompt set, same tokens).
+kernel (``accel/lower_right_attention.py``, ``accel/native/causal_attention.c``). Both sides play
+the same chats (same prompt set, same tokens).
 Speech and judging times are printed apart: judging is a compute-bound forward over every
 transcript (twice, both orders) on both sides, so it bounds the whole-round ratio. The engine
 plays the rounds before and after the baseline (its KV cache emptied before each run) and its
@@ -26,7 +27,8 @@ drifts by 10-20% over minutes.
     python benchmarks/rollout.py                 # 16 rounds, 2 speeches per debater, 128 tokens
     python benchmarks/rollout.py --rounds 4 --max-new-tokens 16   # a quick smoke run
 
-The last line is ``ratio: X`` (engine debates/min over baseline debates/min).
+The last line is ``ratio: X`` (engine debates/min over baseline debates/min). ``make bench`` runs it
+with the other benchmarks; figures and their history: ``docs/performance.md``.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from debate_lightning.debate.engine import RoundSpec, judge_transcripts, play_sp
 from debate_lightning.debate.formats import Format  # noqa: E402
 from debate_lightning.models.base import SamplingParams  # noqa: E402
 from debate_lightning.models.hf import HFGenerator  # noqa: E402
-from debate_lightning.models.hf_factory import auto_dtype  # noqa: E402
+from debate_lightning.models.loading import auto_dtype  # noqa: E402
 
 
 def play(specs, generator, params, judge_generator, one_at_a_time: bool) -> tuple[float, float, int]:
@@ -85,10 +87,11 @@ def main() -> None:
     dtype = auto_dtype("cpu") if args.dtype == "auto" else args.dtype
     engine_gen = HFGenerator(dtype=dtype, max_batch_size=args.max_batch_size, name="engine")
     # The same weights, loaded the old way: stock linears, generate() at batch 1, no prefix reuse.
-    single_gen = HFGenerator(
-        dtype=dtype, max_batch_size=1, prefix_cache=False, lean_decode=False, packed_linear=False, fused_modules=False,
-        name="single",
-    )
+    single_gen = HFGenerator(dtype=dtype, max_batch_size=1, prefix_cache=False, accel=False, name="single")
+    if not engine_gen.accel:
+        from debate_lightning import accel
+
+        print(f"warning: the CPU engine is off ({accel.reason_off('cpu')}); the engine side runs stock transformers")
     questions = load_questions("synthetic", split="val", limit=(args.rounds + 1) // 2, seed=args.seed, both_orders=True)
     fmt = Format(kind="debate", num_speeches=args.speeches)
     specs = [RoundSpec(q, fmt, ("policy", "policy")) for q in questions[: args.rounds]]
@@ -101,15 +104,14 @@ def main() -> None:
     warm = SamplingParams(max_new_tokens=2, min_new_tokens=2, temperature=args.temperature)
     play(specs[:1], single_gen, warm, single_gen, one_at_a_time=True)
     play(specs[:1], engine_gen, warm, engine_gen, one_at_a_time=False)
-    engine_gen.prefixes.clear()
+    engine_gen.clear_cache()
 
     # This machine's speed drifts by 10-20% over minutes: the engine runs before and after the
     # baseline's ~16 minutes (its cache emptied each time), and its figures are the mean of the two.
     n = len(specs)
     runs: dict[str, list[tuple[float, float]]] = {"engine": [], "one-at-a-time": []}
     for label, gen, alone in (("engine", engine_gen, False), ("one-at-a-time", single_gen, True), ("engine", engine_gen, False)):
-        if gen.prefixes is not None:
-            gen.prefixes.clear()
+        gen.clear_cache()
         speaking, judging, tokens = play(specs, gen, params, gen, one_at_a_time=alone)
         assert tokens == n * 2 * args.speeches * args.max_new_tokens, tokens
         runs[label].append((speaking, judging))

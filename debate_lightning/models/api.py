@@ -35,7 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from debate_lightning.models.base import Chat, Generation, Generator, SamplingParams, ScoringUnsupported
-from debate_lightning.models.registry import ModelSpec, register
+from debate_lightning.models.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -546,22 +546,19 @@ def _options(spec: ModelSpec, name: str, allowed: set[str]) -> dict[str, Any]:
     return options
 
 
-@register("openai")
-def _build_openai(spec: ModelSpec, name: str) -> Generator:
+def build_openai(spec: ModelSpec, name: str) -> Generator:
     if not spec.model:
         raise ValueError(f"model {name!r} (openai): set model:, e.g. gpt-4o-mini")
     return OpenAIGenerator(spec.model, base_url=spec.base_url, name=name, **_options(spec, name, _OPENAI_OPTIONS))
 
 
-@register("openai_compatible")
-def _build_openai_compatible(spec: ModelSpec, name: str) -> Generator:
+def build_openai_compatible(spec: ModelSpec, name: str) -> Generator:
     if not spec.base_url:
         raise ValueError(f"model {name!r} (openai_compatible): set base_url:, e.g. http://127.0.0.1:8000/v1")
     return OpenAICompatibleGenerator(spec.model, base_url=spec.base_url, name=name, **_options(spec, name, _OPENAI_OPTIONS))
 
 
-@register("anthropic")
-def _build_anthropic(spec: ModelSpec, name: str) -> Generator:
+def build_anthropic(spec: ModelSpec, name: str) -> Generator:
     if not spec.model:
         raise ValueError(f"model {name!r} (anthropic): set model:, e.g. claude-sonnet-4-5")
     return AnthropicGenerator(spec.model, base_url=spec.base_url, name=name, **_options(spec, name, _API_OPTIONS | {"send_sampling"}))

@@ -91,6 +91,63 @@ class Generator(ABC):
         """Release resources (threads, sessions). Local models need nothing."""
 
 
+TopLogprobs = list[tuple[int, float]]  # (token id, log-prob), best first
+
+
+class LocalGenerator(Generator):
+    """A generator over local weights: the token-level calls that training and ``serve`` use.
+
+    Rollouts need the exact token ids a policy sampled and the prompts it sampled them from;
+    ``serve`` needs token log-probs. Everything they do to a local model goes through these
+    calls, so neither knows how a backend batches, pads or caches.
+
+    Attributes:
+        model: the torch module (a training policy, when the generator wraps a live one).
+        tokenizer: its tokenizer.
+        eos_ids: the ids that end the assistant's turn.
+    """
+
+    model: Any
+    tokenizer: Any
+    eos_ids: list[int]
+
+    @abstractmethod
+    def chat_ids(self, chat: Chat) -> list[int]:
+        """The chat rendered with the model's template, ending with the assistant prompt."""
+
+    @abstractmethod
+    def text_ids(self, text: str) -> list[int]:
+        """A continuation's token ids (no special tokens)."""
+
+    @abstractmethod
+    def cacheable_prefix(self, chat: Chat, ids: Sequence[int]) -> int:
+        """How many leading ``ids`` (the chat's system message) may be served from the prefix
+        cache; 0 when there is no cache or no clean prefix."""
+
+    @abstractmethod
+    def generate_ids(self, prompts: Sequence[Sequence[int]], params: SamplingParams,
+                     prefix_lens: Sequence[int] | None = None) -> list[Generation]:
+        """One continuation per tokenised prompt (``Generation.token_ids``: the sampled ids, EOS
+        excluded). ``prefix_lens[i]`` leading tokens of prompt i may come from the prefix cache."""
+
+    @abstractmethod
+    def score_ids(self, prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]]) -> list[float]:
+        """Summed teacher-forced log-probs of each continuation after its prompt."""
+
+    @abstractmethod
+    def token_logprobs(self, prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]],
+                       top_k: int = 0) -> list[list[tuple[int, float, TopLogprobs]]]:
+        """Per continuation token: (id, its log-prob, the ``top_k`` most likely tokens there)."""
+
+    @abstractmethod
+    def next_token_logprobs(self, prompts: Sequence[Sequence[int]], top_k: int = 1) -> list[TopLogprobs]:
+        """The ``top_k`` most likely next tokens after each prompt, best first (raw model log-probs)."""
+
+    @abstractmethod
+    def clear_cache(self) -> None:
+        """Forget every cached prefix (after the weights changed)."""
+
+
 def normalize(logprobs: Sequence[float]) -> list[float]:
     """Softmax of log-probabilities over the given options (a log-sum-exp, numerically stable)."""
     m = max(logprobs)

@@ -1,248 +1,142 @@
-"""A local transformers model as a ``Generator``: batched generation and teacher-forced scoring.
+"""A local transformers model as a ``LocalGenerator``: batched generation and teacher-forced scoring.
 
 Batching is where rollout speed comes from (decode at batch 1 is overhead-bound), so every call
 takes many chats, sorts them by length to keep padding small, and runs them in chunks of
-``max_batch_size`` with left padding.
+``max_batch_size`` with left padding. Prefixes shared across calls (a story's system message, a
+debater's previous turn) come from a KV cache (``models/kv.py``).
+
+On a CPU where the engine is on (``debate_lightning.accel``), decoding runs its lean loop and
+forwards its packed/fused modules; everywhere else this is stock transformers: ``generate`` and SDPA.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
-from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from debate_lightning.models.base import Chat, Generation, Generator, SamplingParams
-from debate_lightning.models.decode import FastDecoder, Sampler
-from debate_lightning.models.embedded import EMBEDDED, resolve
-from debate_lightning.models import lower_right_attention
-from debate_lightning.models.fused_modules import fuse_frozen_modules
-from debate_lightning.models.last_position import last_position_only, trim_last_layer
-from debate_lightning.models.packed_linear import pack_frozen_linears
+from debate_lightning import accel
+from debate_lightning.models import chat as chat_tokens
+from debate_lightning.models.base import Chat, Generation, LocalGenerator, SamplingParams, TopLogprobs
+from debate_lightning.models.embedded import EMBEDDED
+from debate_lightning.models.kv import (KV, PrefixCache, cache_kwarg, cache_of, common_prefix, kv_of, left_pad,
+                                        length_groups, positions_from_mask, prefixed_batch, shared_groups)
+from debate_lightning.models.loading import eval_mode, load_model_and_tokenizer
+from debate_lightning.models.spec import HFOptions
 
-def _cache_kwarg() -> str:
-    """transformers renamed ``past_key_values`` to ``cache`` (5.2x); use whichever this one has."""
-    from transformers.modeling_outputs import CausalLMOutputWithPast
-
-    return "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+MIN_REUSED_TOKENS = 16  # a shorter shared start is not worth the second attention call
 
 
-def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
-    """Position ids of left-padded rows: each real token keeps its position in the unpadded row."""
-    return (mask.cumsum(-1) - 1).clamp(min=0)
+class HFGenerator(LocalGenerator):
+    """A local causal LM. ``live_generator`` wraps a live (training) model instead of loading one."""
 
-
-DTYPES = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-}
-
-
-def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    try:
-        return DTYPES[dtype]
-    except KeyError:
-        raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}") from None
-
-
-def load_model_and_tokenizer(
-    path: str = EMBEDDED,
-    dtype: str | torch.dtype = "float32",
-    device: str = "cpu",
-    adapter: str | None = None,
-    gguf_file: str | None = None,
-    trust_remote_code: bool = False,
-):
-    """Load a causal LM and its tokenizer from a directory, a hub id, a GGUF file or ``embedded``."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    source = resolve(path)
-    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
-    if gguf_file is None and str(source).endswith(".gguf"):
-        source, gguf_file = Path(source).parent, Path(source).name
-    if gguf_file is not None:
-        kwargs["gguf_file"] = gguf_file
-    if isinstance(source, Path) or Path(str(source)).exists():
-        if not Path(source).exists():
-            raise FileNotFoundError(f"model directory {source} does not exist")
-    tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=parse_dtype(dtype), **kwargs)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    if adapter is not None:
-        from peft import PeftModel
-
-        if not Path(adapter).exists():
-            raise FileNotFoundError(f"PEFT adapter directory {adapter} does not exist")
-        model = PeftModel.from_pretrained(model, adapter)
-    model.to(device)
-    model.eval()
-    return model, tokenizer
-
-
-@contextlib.contextmanager
-def eval_mode(model: torch.nn.Module) -> Iterator[None]:
-    """No grad and dropout off for the duration; the previous training mode comes back after.
-
-    A live training policy generates rollouts through this, so it must not stay in eval mode.
-    """
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            yield
-    finally:
-        model.train(was_training)
-
-
-class HFGenerator(Generator):
-    """A local causal LM. Pass ``model``/``tokenizer`` to wrap a live (e.g. training) model."""
-
-    def __init__(
-        self,
-        path: str = EMBEDDED,
-        dtype: str = "bfloat16",
-        device: str = "cpu",
-        adapter: str | None = None,
-        max_batch_size: int = 32,
-        gguf_file: str | None = None,
-        trust_remote_code: bool = False,
-        name: str | None = None,
-        model: torch.nn.Module | None = None,
-        tokenizer: Any = None,
-        prefix_cache: bool = True,
-        prefix_cache_size: int = 256,
-        prefix_cache_gb: float = 4.0,
-        lean_decode: bool = True,
-        packed_linear: bool = True,
-        fused_modules: bool = True,
-        score_token_budget: int = 1024,
-    ):
-        if prefix_cache and (prefix_cache_size < 1 or prefix_cache_gb <= 0):
-            raise ValueError(
-                f"prefix_cache_size must be >= 1 and prefix_cache_gb > 0 (got {prefix_cache_size}, {prefix_cache_gb}); "
-                "set prefix_cache: false to turn the cache off"
-            )
-        live = model is not None
+    def __init__(self, path: str = EMBEDDED, dtype: str = "bfloat16", device: str = "cpu", adapter: str | None = None,
+                 max_batch_size: int = 32, trust_remote_code: bool = False, name: str | None = None,
+                 options: HFOptions | None = None, model: torch.nn.Module | None = None, tokenizer: Any = None,
+                 around: Callable[[], contextlib.AbstractContextManager] | None = None, **option_overrides: Any):
+        options = options or HFOptions()
+        if option_overrides:  # HFGenerator(prefix_cache=False, ...): the HFOptions fields as keywords
+            options = HFOptions.parse({**vars(options), **option_overrides}, where="HFGenerator")
+        self.options = options
+        self.live_model = model is not None
         if model is None:
-            model, tokenizer = load_model_and_tokenizer(path, dtype, device, adapter, gguf_file, trust_remote_code)
-            model.requires_grad_(False)  # ours, for inference only: frozen, so its linears can be packed
-            if packed_linear:
-                pack_frozen_linears(model)
-            if fused_modules:  # native RMSNorm/MLP; the last layer at the last position only
-                fuse_frozen_modules(model)
-                trim_last_layer(model)
-            if prefix_cache:  # cached-prefix forwards of one row without an explicit causal mask
-                lower_right_attention.install(model)
+            model, tokenizer = load_model_and_tokenizer(path, dtype, device, adapter, options.gguf_file,
+                                                        trust_remote_code)
+            model.requires_grad_(False)  # ours, for inference only: frozen
         elif tokenizer is None:
             raise ValueError("HFGenerator(model=...) also needs its tokenizer")
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         self.model, self.tokenizer = model, tokenizer
+        self.accel = accel.enabled(self.device, options.accel)
+        if self.accel and not self.live_model:
+            accel.prepare_inference(model, options.packed_linear, options.fused_modules, options.prefix_cache)
         self.max_batch_size = max_batch_size
-        self.score_token_budget = score_token_budget
         self.name = name or (Path(path).name if path != EMBEDDED else "smollm2-135m")
         self.eos_ids = self._eos_ids()
         self.stats = {
             "generate_calls": 0, "generated_sequences": 0, "forward_batches": 0,
             "prefix_hits": 0, "prefix_misses": 0, "reused_tokens": 0,
         }  # fmt: skip
-        self.prefixes = PrefixCache(prefix_cache_size, int(prefix_cache_gb * 2**30)) if prefix_cache else None
-        # A wrapped live model may change its weights between calls (training): keep its prefix
-        # KV only within one call. A model we loaded ourselves is frozen, so its cache persists.
-        self.live_model = live
-        # The lean decode loop (models/decode.py) where the model allows it, else HF generate().
-        self.lean_decode = lean_decode and FastDecoder.unsupported(self.model) is None
-        self._decoder: FastDecoder | None = None
+        self.prefixes = PrefixCache(options.prefix_cache_size, int(options.prefix_cache_gb * 2**30)) if options.prefix_cache else None
+        self.lean_decode = self.accel and options.lean_decode and accel.decoder_unsupported(self.model) is None
+        self._decoder: accel.FastDecoder | None = None
+        self._around, self._depth = around, 0
 
-    # -- tokenisation -------------------------------------------------------------------------
+    # -- tokenisation ---------------------------------------------------------------------------
     def _eos_ids(self) -> list[int]:
         ids = {self.tokenizer.eos_token_id}
         gen_eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
         ids.update(gen_eos if isinstance(gen_eos, list) else [gen_eos])
         return sorted(i for i in ids if i is not None)
 
-    def prompt_ids(self, chat: Chat) -> list[int]:
-        """Token ids of the chat rendered with the model's template, ending in the assistant prompt."""
-        ids = self.tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=True)
-        if isinstance(ids, dict) or hasattr(ids, "input_ids"):
-            ids = ids["input_ids"]
-        return list(ids)
+    def chat_ids(self, chat: Chat) -> list[int]:
+        return chat_tokens.chat_ids(self.tokenizer, chat)
 
-    def continuation_ids(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text, add_special_tokens=False)
+    def text_ids(self, text: str) -> list[int]:
+        return chat_tokens.text_ids(self.tokenizer, text)
+
+    def cacheable_prefix(self, chat: Chat, ids: Sequence[int]) -> int:
+        return chat_tokens.system_prefix_len(self.tokenizer, chat, ids) if self.prefixes is not None else 0
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def _left_pad(self, seqs: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        width = max(len(s) for s in seqs)
-        pad = self.tokenizer.pad_token_id
-        ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for i, s in enumerate(seqs):
-            ids[i, width - len(s) :] = torch.tensor(s, dtype=torch.long)
-            mask[i, width - len(s) :] = 1
-        return ids.to(self.device), mask.to(self.device)
+    def clear_cache(self) -> None:
+        if self.prefixes is not None:
+            self.prefixes.clear()
+        if self.live_model:  # the decode loop's packed copy of the weights; a loaded model's never change
+            self._decoder = None
 
-    def _chunks(self, lengths: Sequence[int], token_budget: int | None = None) -> Iterator[list[int]]:
-        """Indices sorted by length, in chunks of at most ``max_batch_size`` (less padding).
+    @contextlib.contextmanager
+    def _session(self) -> Iterator[None]:
+        """Around every public call: no grad, dropout off, and for a live model its KV cache on and
+        ``around`` (e.g. adapters off) entered once however calls nest. A live model's weights
+        change between calls, so its caches last one call."""
+        if self._depth:
+            yield
+            return
+        self._depth += 1
+        config = getattr(self.model, "config", None)
+        use_cache = getattr(config, "use_cache", None)
+        try:
+            if self.live_model:
+                self.clear_cache()
+                if config is not None:
+                    config.use_cache = True  # training turned it off; generation needs it
+            with (self._around() if self._around else contextlib.nullcontext()), eval_mode(self.model):
+                yield
+        finally:
+            if self.live_model and config is not None:
+                config.use_cache = use_cache
+            self._depth -= 1
 
-        With ``token_budget`` a chunk also holds at most that many padded tokens (at least one
-        row). Scoring is a compute-bound prefill: a few hundred rows' worth of tokens already fill
-        the matmuls, while a wide padded batch only adds masked attention and memory traffic.
-        """
-        return iter(_length_groups(lengths, max_rows=self.max_batch_size, token_budget=token_budget))
+    def _chunks(self, lengths: Sequence[int], token_budget: int | None = None) -> list[list[int]]:
+        """Indices sorted by length, in chunks of at most ``max_batch_size`` rows (less padding)
+        and, for scoring, at most ``token_budget`` padded tokens: scoring is a compute-bound
+        prefill, where a wide padded batch only adds masked attention and memory traffic."""
+        return length_groups(lengths, max_rows=self.max_batch_size, token_budget=token_budget)
 
-    def score_chunks(self, lengths: Sequence[int]) -> Iterator[list[int]]:
-        """Chunks for teacher-forced scoring passes (prefill only): also bounded by ``score_token_budget``."""
-        return self._chunks(lengths, self.score_token_budget)
+    def _pad(self, seqs: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        return left_pad(seqs, self.tokenizer.pad_token_id, self.device)
 
-    # -- generation ---------------------------------------------------------------------------
+    # -- generation -----------------------------------------------------------------------------
     def generate(self, chats: Sequence[Chat], params: SamplingParams) -> list[Generation]:
-        prompts = [self.prompt_ids(c) for c in chats]
-        prefix_lens = [self.system_prefix_len(c, p) for c, p in zip(chats, prompts)] if self.prefixes is not None else None
-        return self.generate_ids(prompts, params, prefix_lens)
+        prompts = [self.chat_ids(c) for c in chats]
+        return self.generate_ids(prompts, params, [self.cacheable_prefix(c, p) for c, p in zip(chats, prompts)])
 
-    def system_prefix_len(self, chat: Chat, prompt: Sequence[int]) -> int:
-        """Length of the leading system message's tokens in ``prompt`` (0 if it is not a clean prefix).
-
-        Debate prompts keep the story in the system message, shared by both sides and every turn,
-        so its KV cache is computed once per story instead of once per speech.
-        """
-        if not chat or chat[0].get("role") != "system" or len(chat) < 2:
-            return 0
-        ids = self.tokenizer.apply_chat_template(chat[:1], add_generation_prompt=False, tokenize=True)
-        if isinstance(ids, dict) or hasattr(ids, "input_ids"):
-            ids = ids["input_ids"]
-        n = len(ids)
-        return n if n < len(prompt) and list(prompt[:n]) == list(ids) else 0
-
-    def generate_ids(
-        self, prompts: Sequence[Sequence[int]], params: SamplingParams, prefix_lens: Sequence[int] | None = None
-    ) -> list[Generation]:
-        """Generate from already-tokenised prompts (the benchmark and trainers use this).
-
-        ``prefix_lens[i]`` tokens at the start of prompt i may be served from the prefix cache.
-        """
+    def generate_ids(self, prompts: Sequence[Sequence[int]], params: SamplingParams,
+                     prefix_lens: Sequence[int] | None = None) -> list[Generation]:
         results: list[Generation | None] = [None] * len(prompts)
         if params.seed is not None:
             torch.manual_seed(params.seed)
         self.stats["generate_calls"] += 1
-        self._begin_call()
-        with eval_mode(self.model):
+        with self._session():
             for chunk in self._chunks([len(p) for p in prompts]):
                 lens = [prefix_lens[i] for i in chunk] if prefix_lens and self.prefixes is not None else None
                 for i, gen in zip(chunk, self._generate_batch([prompts[i] for i in chunk], params, lens)):
@@ -250,80 +144,56 @@ class HFGenerator(Generator):
         self.stats["generated_sequences"] += len(prompts)
         return results  # type: ignore[return-value]
 
-    def _begin_call(self) -> None:
-        """A live model's weights change between calls: its caches last one call."""
-        if self.live_model:
-            if self.prefixes is not None:
-                self.prefixes.clear()
-            self._decoder = None
-
-    def _generate_batch(
-        self, prompts: Sequence[Sequence[int]], params: SamplingParams, prefix_lens: Sequence[int] | None = None
-    ) -> list[Generation]:
+    def _generate_batch(self, prompts: Sequence[Sequence[int]], params: SamplingParams,
+                        prefix_lens: Sequence[int] | None = None) -> list[Generation]:
         want_scores = params.logprobs or params.top_logprobs > 0
         start = time.perf_counter()
-        cache, prefilled = None, None
-        if prefix_lens and min(prefix_lens) > 0:
+        cache, prefilled, cached = None, None, bool(prefix_lens) and min(prefix_lens or [0]) > 0
+        if cached:
             kvs, cut = self._cached_prefixes(prompts, prefix_lens)
             if self.lean_decode:
-                prefilled = self._prefill_after_prefixes(prompts, kvs, cut)
+                prefilled = self._prefill_groups(prompts, kvs, cut)
             else:
-                ids, mask, cache = self._prefixed_batch(prompts, kvs, cut)
+                ids, mask, cache = prefixed_batch(prompts, kvs, cut, self.tokenizer.pad_token_id, self.device)
         else:
-            ids, mask = self._left_pad(prompts)
+            ids, mask = self._pad(prompts)
         if self.lean_decode:
-            if prefilled is None:
-                prefilled = self._prefill_batch(ids, mask, cache)
-            decoded = self._lean_generate(*prefilled, params, want_scores, _shared_groups(prompts, prefix_lens))
+            decoded = self._lean_generate(prefilled or self._prefill(ids, mask, cache), params, want_scores,
+                                          shared_groups(prompts, prefix_lens))
             new_ids, scores = decoded.tokens, decoded.scores
         else:
             new_ids, scores = self._hf_generate(ids, mask, cache, params, want_scores)
-        elapsed = time.perf_counter() - start
         new = new_ids.tolist()
-        if self.lean_decode and prefix_lens and not self.live_model:
+        if self.lean_decode and cached and not self.live_model:
             self._keep_rows(prompts, new, decoded)
-        # scores are the processed logits (temperature etc. applied), one row per step.
+        return self._generations(prompts, new, scores, params, time.perf_counter() - start)
+
+    def _generations(self, prompts, new: list[list[int]], scores, params: SamplingParams, seconds: float):
+        """Generations from new token ids (cut at EOS and stop strings) and processed logits."""
         step_logprobs = scores.float().log_softmax(-1) if scores is not None else None
         gens = []
         for row, tokens in enumerate(new):
-            n = len(tokens)
-            finished = False
-            for j, t in enumerate(tokens):
-                if t in self.eos_ids:
-                    n, finished = j, True
-                    break
-            tokens = tokens[:n]
-            text = self.tokenizer.decode(tokens, skip_special_tokens=True)
-            text, stopped = _apply_stop(text, params.stop)
-            gen = Generation(
-                text=text.strip(),
-                num_tokens=n,
-                finished=finished or stopped,
-                token_ids=tokens,
-                usage={"prompt_tokens": len(prompts[row]), "completion_tokens": n, "seconds": elapsed},
-            )
+            n = next((j for j, t in enumerate(tokens) if t in self.eos_ids), len(tokens))
+            finished, tokens = n < len(tokens), tokens[:n]
+            text, stopped = _apply_stop(self.tokenizer.decode(tokens, skip_special_tokens=True), params.stop)
+            gen = Generation(text=text.strip(), num_tokens=n, finished=finished or stopped, token_ids=tokens,
+                             usage={"prompt_tokens": len(prompts[row]), "completion_tokens": n, "seconds": seconds})
             if step_logprobs is not None:
                 lp = step_logprobs[row, :n]
                 gen.logprob = float(lp.gather(-1, torch.tensor(tokens, device=lp.device)[:, None]).sum()) if n else 0.0
                 if params.top_logprobs:
                     top = lp.topk(params.top_logprobs, dim=-1)
-                    gen.top_logprobs = [
-                        {self.tokenizer.decode([t]): float(v) for v, t in zip(vals.tolist(), idx.tolist())}
-                        for vals, idx in zip(top.values, top.indices)
-                    ]
+                    gen.top_logprobs = [{self.tokenizer.decode([t]): float(v) for v, t in zip(vals.tolist(), idx.tolist())}
+                                        for vals, idx in zip(top.values, top.indices)]
             gens.append(gen)
         return gens
 
     def _hf_generate(self, ids, mask, cache, params: SamplingParams, want_scores: bool):
         """New token ids (B, n) and, with ``want_scores``, processed logits (B, n, V) by ``generate``."""
-        kwargs: dict[str, Any] = {
-            "max_new_tokens": params.max_new_tokens,
-            "min_new_tokens": params.min_new_tokens or None,
-            "pad_token_id": self.tokenizer.pad_token_id,
-            "eos_token_id": self.eos_ids,
-        }
+        kwargs: dict[str, Any] = {"max_new_tokens": params.max_new_tokens, "min_new_tokens": params.min_new_tokens or None,
+                                  "pad_token_id": self.tokenizer.pad_token_id, "eos_token_id": self.eos_ids}
         if cache is not None:
-            kwargs[_cache_kwarg()] = cache
+            kwargs[cache_kwarg()] = cache
         if params.greedy:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         else:
@@ -335,86 +205,54 @@ class HFGenerator(Generator):
         scores = torch.stack(out.scores, dim=1) if want_scores else None
         return sequences[:, ids.shape[1] :], scores
 
-    def _prefill_batch(self, ids, mask, cache):
-        """One ``forward`` over the padded batch (after ``cache``'s prefix columns): per layer
-        the (B, kv, W, D) keys and values, the mask and the logits after each prompt."""
+    # -- the engine's decode loop (CPU) -----------------------------------------------------------
+    def _prefill(self, ids, mask, cache):
+        """One forward over the padded batch (after ``cache``'s prefix columns): per layer the
+        (B, kv, W, D) keys and values, the mask, and the logits after each prompt."""
         cached = cache.get_seq_length() if cache is not None else 0
-        positions = positions_from_mask(mask)
-        kwargs = {_cache_kwarg(): cache} if cache is not None else {}
-        with last_position_only(self.model):
-            out = self.model(
-                input_ids=ids[:, cached:],
-                attention_mask=mask,
-                position_ids=positions[:, cached:],
-                use_cache=True,
-                logits_to_keep=1,
-                **kwargs,
-            )
-        layers = getattr(out, _cache_kwarg()).layers
-        return [layer.keys for layer in layers], [layer.values for layer in layers], mask, out.logits[:, -1]
+        kwargs = {cache_kwarg(): cache} if cache is not None else {}
+        with accel.last_position_only(self.model):
+            out = self.model(input_ids=ids[:, cached:], attention_mask=mask, position_ids=positions_from_mask(mask)[:, cached:],
+                             use_cache=True, logits_to_keep=1, **kwargs)
+        kv = kv_of(out)
+        return [k for k, _ in kv], [v for _, v in kv], mask, out.logits[:, -1]
 
-    def _prefill_after_prefixes(self, prompts: Sequence[Sequence[int]], kvs: list, cut: Sequence[int]):
-        """``_prefill_batch`` for rows whose first ``cut[i]`` tokens have cached KV ``kvs[i]``.
-
-        Rows reuse different amounts (a turn's rows carry over their own earlier turns), so their
-        new tokens differ in number: they are prefilled in groups of similar counts, where little
-        padding is wasted, and the groups' keys/values put together (right-aligned) after.
-        """
-        groups = _length_groups([len(p) - n for p, n in zip(prompts, cut)], waste=0.15)
-        if len(groups) == 1:
-            return self._prefill_batch(*self._prefixed_batch(prompts, kvs, cut))
-        parts = []
-        for rows in groups:
-            batch = self._prefixed_batch([prompts[i] for i in rows], [kvs[i] for i in rows], [cut[i] for i in rows])
-            parts.append((rows, self._prefill_batch(*batch)))
+    def _prefill_groups(self, prompts: Sequence[Sequence[int]], kvs: list[KV], cut: Sequence[int]):
+        """``_prefill`` for rows whose first ``cut[i]`` tokens have cached KV ``kvs[i]``. Rows reuse
+        different amounts (each carries over its own earlier turns), so they are prefilled in groups
+        of similar new-token counts, little padding wasted, and put together right-aligned after."""
+        pad = self.tokenizer.pad_token_id
+        parts = [(rows, self._prefill(*prefixed_batch([prompts[i] for i in rows], [kvs[i] for i in rows],
+                                                      [cut[i] for i in rows], pad, self.device)))
+                 for rows in length_groups([len(p) - n for p, n in zip(prompts, cut)], waste=0.15)]
+        if len(parts) == 1:
+            return parts[0][1]
         width = max(part[2].shape[1] for _, part in parts)
-        first_keys, first_values = parts[0][1][0], parts[0][1][1]
+        first_keys, first_values, _, first_logits = parts[0][1]
         keys = [k.new_zeros(len(prompts), k.shape[1], width, k.shape[3]) for k in first_keys]
         values = [v.new_zeros(len(prompts), v.shape[1], width, v.shape[3]) for v in first_values]
         mask = torch.zeros(len(prompts), width, dtype=torch.long, device=self.device)
-        logits = parts[0][1][3].new_empty(len(prompts), parts[0][1][3].shape[-1])
+        logits = first_logits.new_empty(len(prompts), first_logits.shape[-1])
         for rows, (k_part, v_part, m_part, l_part) in parts:
-            index = torch.tensor(rows, device=self.device)
-            w = m_part.shape[1]
+            index, w = torch.tensor(rows, device=self.device), m_part.shape[1]
             for k, v, kp, vp in zip(keys, values, k_part, v_part):
-                k[index, :, width - w :] = kp
-                v[index, :, width - w :] = vp
-            mask[index, width - w :] = m_part
-            logits[index] = l_part
+                k[index, :, width - w :], v[index, :, width - w :] = kp, vp
+            mask[index, width - w :], logits[index] = m_part, l_part
         return keys, values, mask, logits
 
-    def _lean_generate(self, keys, values, mask, first_logits, params: SamplingParams, want_scores: bool, shared=None):
-        """The same as ``_hf_generate``, by the lean decode loop after a prefill (``keys`` and
-        ``values`` per layer, ``mask``, ``first_logits``); ``shared``: rows sharing a system
-        message, whose KV the loop then reads once per group."""
+    def _lean_generate(self, prefilled, params: SamplingParams, want_scores: bool, shared=None):
+        """The same as ``_hf_generate`` by the engine's decode loop after a prefill; ``shared``:
+        rows sharing a system message, whose KV the loop then reads once per group."""
         if self._decoder is None:
-            self._decoder = FastDecoder(self.model)
-        sampler = Sampler(
-            temperature=params.temperature,
-            top_k=params.top_k,
-            top_p=params.top_p,
-            min_new_tokens=params.min_new_tokens,
-            greedy=params.greedy,
-        )
-        return self._decoder.decode(
-            keys,
-            values,
-            mask,
-            first_logits,
-            params.max_new_tokens,
-            sampler,
-            self.eos_ids,
-            self.tokenizer.pad_token_id,
-            want_scores,
-            shared,
-        )
+            self._decoder = accel.FastDecoder(self.model)
+        sampler = accel.Sampler(temperature=params.temperature, top_k=params.top_k, top_p=params.top_p,
+                                min_new_tokens=params.min_new_tokens, greedy=params.greedy)
+        return self._decoder.decode(*prefilled, params.max_new_tokens, sampler, self.eos_ids,
+                                    self.tokenizer.pad_token_id, want_scores, shared)
 
     def _keep_rows(self, prompts: Sequence[Sequence[int]], new: list[list[int]], decoded) -> None:
-        """Keep each row's prompt + new tokens with their KV, for the row's next turn.
-
-        A multi-turn chat's next prompt starts with this one and the speech just written
-        (``prompts/debate.yaml``), so the next turn prefills only what is new: the opponent's reply.
-        """
+        """Keep each row's prompt + new tokens with their KV: a multi-turn chat's next prompt starts
+        with this one and the speech just written, so the next turn prefills only what is new."""
         assert self.prefixes is not None
         steps = decoded.tokens.shape[1] - 1  # the last sampled token has no KV
         for row, tokens in enumerate(new):
@@ -422,7 +260,8 @@ class HFGenerator(Generator):
             keep = min(end, steps)
             self.prefixes.put(tuple(prompts[row]) + tuple(tokens[:keep]), decoded.row_cache(row, keep))
 
-    def _cached_prefixes(self, prompts: Sequence[Sequence[int]], prefix_lens: Sequence[int]) -> tuple[list, list[int]]:
+    # -- the prefix cache -------------------------------------------------------------------------
+    def _cached_prefixes(self, prompts: Sequence[Sequence[int]], prefix_lens: Sequence[int]) -> tuple[list[KV], list[int]]:
         """Per prompt, the KV of its longest cached prefix and that prefix's length: at least
         ``prefix_lens[i]`` tokens (the system message), computed once and kept if missing."""
         assert self.prefixes is not None
@@ -439,254 +278,141 @@ class HFGenerator(Generator):
             cut.append(reused)
         return kvs, cut
 
-    def _prefixed_batch(self, prompts: Sequence[Sequence[int]], kvs: list, cut: Sequence[int]):
-        """Ids, mask and a KV cache for prompts whose first ``cut[i]`` tokens have KV ``kvs[i]``.
-
-        Row layout: ``[pad | prefix | pad | suffix]``. The cache covers the first block (prefixes
-        left-padded to the longest); generate() then runs only the suffix block. Padding inside the
-        row is masked, and position ids come from the mask's cumulative sum, so every real token
-        keeps the position it has in the unpadded prompt: the result equals uncached generation.
-        """
-        prefixes = [tuple(p[:n]) for p, n in zip(prompts, cut)]
-        suffixes = [list(p[n:]) for p, n in zip(prompts, cut)]
-        width_p = max(len(p) for p in prefixes)
-        width_s = max(len(s) for s in suffixes)
-        batch = len(prompts)
-        pad = self.tokenizer.pad_token_id
-        ids = torch.full((batch, width_p + width_s), pad, dtype=torch.long)
-        mask = torch.zeros((batch, width_p + width_s), dtype=torch.long)
-        for i, (pre, suf) in enumerate(zip(prefixes, suffixes)):
-            ids[i, width_p - len(pre) : width_p] = torch.tensor(pre)
-            mask[i, width_p - len(pre) : width_p] = 1
-            ids[i, width_p + width_s - len(suf) :] = torch.tensor(suf)
-            mask[i, width_p + width_s - len(suf) :] = 1
-        layers = []
-        for layer in range(len(kvs[0])):
-            pair = []
-            for j in range(2):  # keys, values: each row's prefix copied once, right-aligned
-                first = kvs[0][layer][j]
-                out = first.new_empty(batch, first.shape[1], width_p, first.shape[3])
-                for i, (kv, pre) in enumerate(zip(kvs, prefixes)):
-                    gap = width_p - len(pre)
-                    out[i, :, :gap] = 0
-                    out[i, :, gap:] = kv[layer][j][0]
-                pair.append(out)
-            layers.append((pair[0], pair[1]))
-        return ids.to(self.device), mask.to(self.device), _cache_of(layers)
-
-    def _prefix_kv(self, prefix: tuple[int, ...]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def _prefix_kv(self, prefix: tuple[int, ...]) -> KV:
         """Per-layer (key, value) of one prefix at batch 1, computed and kept in the LRU."""
         assert self.prefixes is not None
         self.stats["prefix_misses"] += 1
-        ids = torch.tensor([prefix], device=self.device)
-        with last_position_only(self.model):
-            out = self.model(input_ids=ids, use_cache=True, logits_to_keep=1)
-        kv = [(layer.keys, layer.values) for layer in getattr(out, _cache_kwarg()).layers]
+        with accel.last_position_only(self.model):
+            kv = kv_of(self.model(input_ids=torch.tensor([prefix], device=self.device), use_cache=True, logits_to_keep=1))
         self.prefixes.put(prefix, kv)
         return kv
 
-    # -- scoring ------------------------------------------------------------------------------
+    # -- scoring ------------------------------------------------------------------------------------
     def score(self, chats: Sequence[Chat], continuations: Sequence[str]) -> list[float]:
         if len(chats) != len(continuations):
             raise ValueError(f"score: {len(chats)} chats but {len(continuations)} continuations")
-        prompts = [self.prompt_ids(c) for c in chats]
-        conts = [self.continuation_ids(t) for t in continuations]
-        return self.score_ids(prompts, conts)
+        return self.score_ids([self.chat_ids(c) for c in chats], [self.text_ids(t) for t in continuations])
 
     def score_ids(self, prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]]) -> list[float]:
-        """Summed log-probs of each continuation after its prompt, by one forward pass per chunk."""
-        out: list[float] = [0.0] * len(prompts)
+        return [sum(lp for _, lp, _ in row) for row in self.token_logprobs(prompts, continuations)]
+
+    def token_logprobs(self, prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]],
+                       top_k: int = 0) -> list[list[tuple[int, float, TopLogprobs]]]:
+        """One teacher-forced forward per chunk over prompt + continuation; only the logits that
+        predict continuation tokens go through the softmax."""
+        out: list[list[tuple[int, float, TopLogprobs]]] = [[] for _ in prompts]
         seqs = [list(p) + list(c) for p, c in zip(prompts, continuations)]
-        with eval_mode(self.model):
-            for chunk in self.score_chunks([len(s) for s in seqs]):
-                ids, mask = self._left_pad([seqs[i] for i in chunk])
-                logprobs = self._forward_logprobs(ids, mask)
-                width = ids.shape[1]
+        with self._session():
+            for chunk in self._chunks([len(s) for s in seqs], self.options.score_token_budget):
+                keep = max(len(continuations[i]) for i in chunk)
+                if keep == 0:
+                    continue
+                ids, mask = self._pad([seqs[i] for i in chunk])
+                logits = self._forward(ids, mask, keep=keep + 1).logits
+                logprobs = logits[:, :-1].float().log_softmax(-1)  # column j predicts the token after it
                 for row, i in enumerate(chunk):
-                    n = len(continuations[i])
-                    if n == 0:
-                        continue
-                    # logits at position t predict token t+1; the continuation is the last n tokens.
-                    pos = torch.arange(width - n - 1, width - 1, device=ids.device)
-                    tgt = ids[row, width - n :]
-                    out[i] = float(logprobs[row, pos].gather(-1, tgt[:, None]).sum())
+                    tokens = list(continuations[i])
+                    lp = logprobs[row, keep - len(tokens) :]
+                    chosen = lp.gather(-1, torch.tensor(tokens, dtype=torch.long, device=lp.device)[:, None])[:, 0].tolist()
+                    top = _top(lp, top_k)
+                    out[i] = [(t, v, top[j]) for j, (t, v) in enumerate(zip(tokens, chosen))]
+        return out
+
+    def next_token_logprobs(self, prompts: Sequence[Sequence[int]], top_k: int = 1) -> list[TopLogprobs]:
+        out: list[TopLogprobs] = [[] for _ in prompts]
+        with self._session():
+            for chunk in self._chunks([len(p) for p in prompts], self.options.score_token_budget):
+                ids, mask = self._pad([prompts[i] for i in chunk])
+                for row, top in zip(chunk, _top(self._last_logprobs(ids, mask), max(1, top_k))):
+                    out[row] = top
         return out
 
     def choice_logprobs(self, chats: Sequence[Chat], choices: Sequence[str]) -> list[list[float]]:
-        """One forward pass per chat when every choice is a single token (the judge's A/B case)."""
-        choice_ids = [self.continuation_ids(c) for c in choices]
+        """One forward pass per chat when every choice is a single token (the judge's A/B case).
+
+        Every judge chat starts with the same system message: in a chunk of several (padded) rows
+        its KV comes from the prefix cache. Chunks of one row run in token order, each after the KV
+        of the longest start it shares with the one before (the system message; with both orders
+        judged, also the question and answer A), where the engine's attention allows it.
+        """
+        choice_ids = [self.text_ids(c) for c in choices]
         if any(len(c) != 1 for c in choice_ids):
             return super().choice_logprobs(chats, choices)
         targets = [c[0] for c in choice_ids]
-        prompts = [self.prompt_ids(c) for c in chats]
-        # Every judge chat starts with the same system message: in a chunk of several (padded)
-        # rows its KV comes from the prefix cache. Chunks of one row run in token order, each
-        # after the KV of the longest start it shares with the one before (the system message;
-        # with both orders judged, also the question and answer A of the same round's other order).
-        prefix = [self.system_prefix_len(c, p) for c, p in zip(chats, prompts)] if self.prefixes is not None else None
-        self._begin_call()
+        prompts = [self.chat_ids(c) for c in chats]
+        prefix = [self.cacheable_prefix(c, p) for c, p in zip(chats, prompts)]
         out: list[list[float]] = [[] for _ in prompts]
         singles = []
-        with eval_mode(self.model):
-            for chunk in self.score_chunks([len(p) for p in prompts]):
+        with self._session():
+            for chunk in self._chunks([len(p) for p in prompts], self.options.score_token_budget):
                 if len(chunk) == 1:
                     singles.append(chunk[0])
                     continue
-                cache = None
-                if prefix and min(prefix[i] for i in chunk) > 0:
-                    rows = [prompts[i] for i in chunk]
-                    ids, mask, cache = self._prefixed_batch(rows, *self._cached_prefixes(rows, [prefix[i] for i in chunk]))
+                rows, cache = [prompts[i] for i in chunk], None
+                if min(prefix[i] for i in chunk) > 0:
+                    ids, mask, cache = prefixed_batch(rows, *self._cached_prefixes(rows, [prefix[i] for i in chunk]),
+                                                      self.tokenizer.pad_token_id, self.device)
                 else:
-                    ids, mask = self._left_pad([prompts[i] for i in chunk])
-                last = self._forward_logprobs(ids, mask, last_only=True, cache=cache)
+                    ids, mask = self._pad(rows)
+                last = self._last_logprobs(ids, mask, cache)
                 for row, i in enumerate(chunk):
                     out[i] = [float(last[row, t]) for t in targets]
-            reuse = self.prefixes is not None and self.model.config._attn_implementation == lower_right_attention.NAME
-            previous: tuple[list[int], list] | None = None
+            reuse = self.prefixes is not None and accel.reuses_cached_rows(self.model)
+            previous: tuple[list[int], KV] | None = None
             for i in sorted(singles, key=lambda i: prompts[i]):
                 ids = torch.tensor([prompts[i]], device=self.device)
-                cache, shared = None, _common_prefix(prompts[i], previous[0], len(prompts[i]) - 1) if previous else 0
+                shared = common_prefix(prompts[i], previous[0], len(prompts[i]) - 1) if previous else 0
+                cache = None
                 if reuse and shared >= MIN_REUSED_TOKENS:
-                    cache = _cache_of([(k[:, :, :shared], v[:, :, :shared]) for k, v in previous[1]])
+                    cache = cache_of([(k[:, :, :shared], v[:, :, :shared]) for k, v in previous[1]])
                     self.stats["reused_tokens"] += shared
-                if reuse:
-                    last, kv = self._forward_logprobs(ids, torch.ones_like(ids), last_only=True, cache=cache, keep_cache=True)
-                    previous = (prompts[i], kv)
-                else:
-                    last = self._forward_logprobs(ids, torch.ones_like(ids), last_only=True)
+                last, kv = self._last_logprobs(ids, torch.ones_like(ids), cache, keep_cache=reuse)
+                previous = (prompts[i], kv) if reuse else None
                 out[i] = [float(last[0, t]) for t in targets]
         return out
 
-    def _forward_logprobs(self, ids: torch.Tensor, mask: torch.Tensor, last_only: bool = False, cache=None, keep_cache: bool = False):
-        """Log-probs after every position of ``ids`` (or only the last); with ``cache`` (a prefix
-        KV, e.g. of ``_prefixed_batch``) only the columns after it are run. With ``keep_cache``
-        returns (log-probs, per-layer (keys, values) of all of ``ids``)."""
+    def _forward(self, ids: torch.Tensor, mask: torch.Tensor, cache=None, keep: int = 0, use_cache: bool = False):
+        """The model over ``ids`` (only the columns after ``cache``), logits of the last ``keep``
+        positions (0: all)."""
         self.stats["forward_batches"] += 1
-        position_ids = positions_from_mask(mask)
-        kwargs: dict[str, Any] = {"logits_to_keep": 1} if last_only else {}
-        cached = 0
-        if cache is not None:
-            cached = cache.get_seq_length()
-            kwargs[_cache_kwarg()] = cache
-        with last_position_only(self.model) if last_only else contextlib.nullcontext():
-            out = self.model(input_ids=ids[:, cached:], attention_mask=mask, position_ids=position_ids[:, cached:],
-                             use_cache=keep_cache or cache is not None, **kwargs)
-        logits = out.logits
-        logprobs = logits[:, -1].float().log_softmax(-1) if last_only else logits.float().log_softmax(-1)
-        if keep_cache:
-            return logprobs, [(layer.keys, layer.values) for layer in getattr(out, _cache_kwarg()).layers]
-        return logprobs
+        cached = cache.get_seq_length() if cache is not None else 0
+        kwargs: dict[str, Any] = {cache_kwarg(): cache} if cache is not None else {}
+        return self.model(input_ids=ids[:, cached:], attention_mask=mask, position_ids=positions_from_mask(mask)[:, cached:],
+                          use_cache=use_cache or cache is not None, logits_to_keep=keep, **kwargs)
+
+    def _last_logprobs(self, ids, mask, cache=None, keep_cache: bool | None = None):
+        """Log-probs after the last position; with ``keep_cache`` (True/False) also the KV of all of
+        ``ids`` (or None)."""
+        with accel.last_position_only(self.model):
+            out = self._forward(ids, mask, cache, keep=1, use_cache=bool(keep_cache))
+        logprobs = out.logits[:, -1].float().log_softmax(-1)
+        if keep_cache is None:
+            return logprobs
+        return logprobs, (kv_of(out) if keep_cache else None)
 
 
-def _length_groups(
-    lengths: Sequence[int], max_rows: int | None = None, token_budget: int | None = None, waste: float | None = None
-) -> list[list[int]]:
-    """Indices sorted by length, grouped greedily: each row (the longest so far) joins the last
-    group unless the group would then exceed ``max_rows`` rows, ``token_budget`` padded tokens,
-    or pad more than ``waste`` of its tokens. A group always has at least one row."""
-    groups: list[list[int]] = []
-    total = 0  # real tokens in the last group
-    for i in sorted(range(len(lengths)), key=lambda i: lengths[i]):
-        if groups:
-            padded = (len(groups[-1]) + 1) * lengths[i]
-            if (
-                (max_rows is None or len(groups[-1]) < max_rows)
-                and (token_budget is None or padded <= token_budget)
-                and (waste is None or padded <= (1 + waste) * (total + lengths[i]))
-            ):
-                groups[-1].append(i)
-                total += lengths[i]
-                continue
-        groups.append([i])
-        total = lengths[i]
-    return groups
+def live_generator(model: torch.nn.Module, tokenizer: Any, name: str = "policy", max_batch_size: int = 32,
+                   base_only: bool = False, options: HFOptions | None = None) -> HFGenerator:
+    """A generator over a live (training) model: its caches last one call (the weights change
+    between calls), generation turns ``config.use_cache`` on, and with ``base_only`` every call
+    runs with PEFT adapters disabled (the model as it was before training, with no second copy)."""
+    around = None
+    if base_only:
+        if not (hasattr(model, "disable_adapter") and hasattr(model, "peft_config")):
+            raise ValueError("live_generator(base_only=True) needs a PEFT model (adapters to switch off)")
+        around = model.disable_adapter  # type: ignore[assignment]
+    return HFGenerator(model=model, tokenizer=tokenizer, name=name, max_batch_size=max_batch_size, options=options,
+                       around=around)
 
 
-MIN_REUSED_TOKENS = 16  # a shorter shared start is not worth the second attention call
-
-
-def _common_prefix(a: Sequence[int] | np.ndarray, b: Sequence[int] | np.ndarray, limit: int | None = None) -> int:
-    """How many leading tokens ``a`` and ``b`` share (at most ``limit``)."""
-    n = min(len(a), len(b)) if limit is None else min(len(a), len(b), limit)
-    differ = np.flatnonzero(np.asarray(a[:n]) != np.asarray(b[:n]))
-    return int(differ[0]) if differ.size else n
-
-
-def _cache_of(kv: Sequence[tuple[torch.Tensor, torch.Tensor]]):
-    """A transformers cache holding per-layer (keys, values)."""
-    from transformers import DynamicCache
-
-    cache = DynamicCache()
-    for layer, (k, v) in enumerate(kv):
-        cache.update(k, v, layer)
-    return cache
-
-
-def _shared_groups(prompts: Sequence[Sequence[int]], prefix_lens: Sequence[int] | None) -> list[tuple[list[int], int]] | None:
-    """Rows grouped by their shareable prefix (``prefix_lens[i]`` tokens: the system message)."""
-    if not prefix_lens or min(prefix_lens) <= 0:
-        return None
-    groups: dict[tuple[int, ...], list[int]] = {}
-    for i, (p, n) in enumerate(zip(prompts, prefix_lens)):
-        groups.setdefault(tuple(p[:n]), []).append(i)
-    return [(rows, len(key)) for key, rows in groups.items()]
+def _top(logprobs: torch.Tensor, k: int) -> list[list[TopLogprobs]] | list[TopLogprobs]:
+    """Per row of ``logprobs`` (.., V), its ``k`` best (id, log-prob) pairs, best first."""
+    if k <= 0:
+        return [[] for _ in range(logprobs.shape[0])]
+    top = logprobs.topk(k, dim=-1)
+    return [list(zip(i, v)) for i, v in zip(top.indices.tolist(), top.values.tolist())]
 
 
 def _apply_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
     cut = min((text.find(s) for s in stops if s and s in text), default=-1)
     return (text[:cut], True) if cut >= 0 else (text, False)
-
-
-class PrefixCache:
-    """An LRU of KV caches of token sequences, looked up by longest common prefix.
-
-    It holds the stories' system messages (computed once per story) and, after lean decoding,
-    every generated row (prompt + speech), so a multi-turn chat's next turn only prefills the new
-    messages. An entry that a newer one extends is dropped (the newer one serves it). Bounded by
-    ``size`` entries and ``max_bytes`` of tensors. Entries are whole token sequences, compared
-    token by token: a hash collision would silently corrupt generations. Clear it whenever the
-    model's weights change (a training policy does, every step).
-    """
-
-    def __init__(self, size: int, max_bytes: int = 4 * 2**30):
-        self.size, self.max_bytes = size, max_bytes
-        self._items: OrderedDict[tuple[int, ...], tuple[np.ndarray, list, int]] = OrderedDict()
-        self.bytes = 0
-
-    def longest(self, tokens: Sequence[int], limit: int | None = None) -> tuple[int, list | None]:
-        """(n, kv) of the entry sharing the longest prefix with ``tokens`` (at most ``limit``):
-        its first n tokens are ``tokens[:n]``; slice its KV to n before use."""
-        query = np.asarray(tokens[: len(tokens) if limit is None else limit], dtype=np.int64)
-        best, best_key = 0, None
-        for key, (arr, _, _) in self._items.items():
-            if min(len(arr), len(query)) <= best:
-                continue
-            n = _common_prefix(arr, query)
-            if n > best:
-                best, best_key = n, key
-        if best_key is None:
-            return 0, None
-        self._items.move_to_end(best_key)
-        return best, self._items[best_key][1]
-
-    def put(self, key: tuple[int, ...], value: list) -> None:
-        arr = np.asarray(key, dtype=np.int64)
-        for old in [k for k in self._items if len(k) < len(key) and k == key[: len(k)]]:
-            self._drop(old)
-        if key in self._items:
-            self._drop(key)
-        nbytes = sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in value)
-        self._items[key] = (arr, value, nbytes)
-        self.bytes += nbytes
-        while len(self._items) > self.size or (self.bytes > self.max_bytes and len(self._items) > 1):
-            self._drop(next(iter(self._items)))
-
-    def _drop(self, key: tuple[int, ...]) -> None:
-        self.bytes -= self._items.pop(key)[2]
-
-    def clear(self) -> None:
-        self._items.clear()
-        self.bytes = 0
-
-    def __len__(self) -> int:
-        return len(self._items)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from debate_lightning.data.question import DataError, iter_jsonl
 from debate_lightning.models.base import Chat, Generation, Generator, SamplingParams
-from debate_lightning.models.registry import ModelSpec, register
+from debate_lightning.models.spec import ModelSpec
 
 WORDS = (
     "the story says clearly that this answer is right because the text shows it and my opponent is wrong "
@@ -119,16 +119,13 @@ class ReplayGenerator(Generator):
         return out
 
 
-@register("random")
-def _build_random(spec: ModelSpec, name: str) -> Generator:
+def build_random(spec: ModelSpec, name: str) -> Generator:
     return RandomGenerator(name=name, **spec.options)
 
 
-@register("deterministic")
-def _build_deterministic(spec: ModelSpec, name: str) -> Generator:
+def build_deterministic(spec: ModelSpec, name: str) -> Generator:
     return DeterministicGenerator(name=name, **spec.options)
 
 
-@register("replay")
-def _build_replay(spec: ModelSpec, name: str) -> Generator:
+def build_replay(spec: ModelSpec, name: str) -> Generator:
     return ReplayGenerator(spec.path, name=name)

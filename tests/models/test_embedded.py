@@ -3,7 +3,7 @@ import importlib.util
 import pytest
 
 from debate_lightning.models import embedded
-from debate_lightning.models.hf_factory import auto_dtype
+from debate_lightning.models.loading import auto_dtype
 
 
 def test_missing_wheel_names_install_command(monkeypatch):

@@ -5,7 +5,9 @@ import torch
 
 from debate_lightning.debate.agents import Judge
 from debate_lightning.models.base import SamplingParams, normalize
-from debate_lightning.models.hf import HFGenerator, PrefixCache, eval_mode
+from debate_lightning.models.hf import HFGenerator
+from debate_lightning.models.kv import PrefixCache
+from debate_lightning.models.loading import eval_mode
 
 CHATS = [
     [{"role": "user", "content": "Which is bigger, a cat or a mouse?"}],
@@ -42,9 +44,9 @@ def test_score_batched_equals_single(tiny_generator):
 def test_choice_logprobs_match_hand_log_softmax(tiny_generator):
     gen = tiny_generator
     got = gen.choice_logprobs(CHATS, ["A", "B"])
-    a_id, b_id = gen.continuation_ids("A")[0], gen.continuation_ids("B")[0]
+    a_id, b_id = gen.text_ids("A")[0], gen.text_ids("B")[0]
     for chat, (lp_a, lp_b) in zip(CHATS, got):
-        ids = torch.tensor([gen.prompt_ids(chat)])
+        ids = torch.tensor([gen.chat_ids(chat)])
         with torch.no_grad():
             logits = gen.model(input_ids=ids).logits[0, -1].double()
         # log-softmax by hand: x - log(sum(exp(x)))
@@ -142,7 +144,7 @@ def test_next_turn_prefills_only_what_is_new(tiny_model_dir, questions):
     last_prompts: dict[int, list[list[int]]] = {}  # side -> its prompt token ids of its last turn, per round
     for step, (side,) in enumerate(fmt.steps()):
         chats = [tr.debater_chat(side, prompts_for(fmt)) for tr in transcripts]
-        prompts = [cached.prompt_ids(c) for c in chats]
+        prompts = [cached.chat_ids(c) for c in chats]
         reused = cached.stats["reused_tokens"]
         a, b = cached.generate(chats, params), plain.generate(chats, params)
         assert [g.token_ids for g in a] == [g.token_ids for g in b]
@@ -178,7 +180,7 @@ def test_judge_scoring_with_cached_system_prompt_equals_uncached(tiny_model_dir)
     chats = [[system, {"role": "user", "content": f"Question {i}: which? " * (1 + 3 * i)}] for i in range(5)]
     a, b = cached.choice_logprobs(chats, ["A", "B"]), plain.choice_logprobs(chats, ["A", "B"])
     torch.testing.assert_close(torch.tensor(a), torch.tensor(b), atol=1e-4, rtol=0)
-    chunks = list(cached.score_chunks([len(cached.prompt_ids(c)) for c in chats]))
+    chunks = cached._chunks([len(cached.chat_ids(c)) for c in chats], cached.options.score_token_budget)
     batched = sum(len(c) for c in chunks if len(c) > 1)
     assert 0 < batched < len(chats)  # the budget split them: chunks of several rows and of one
     # chunks of several rows used the one cached prefix; single rows ran whole (unmasked, causal)
@@ -226,8 +228,9 @@ def test_rows_prefilled_alone_or_padded_generate_the_same(tiny_model_dir, questi
         chosen.append(ragged)
         return [[i] for i in range(len(lengths))] if ragged else [list(range(len(lengths)))]
 
-    batching = hf._length_groups  # keep how generate() batches; replace only the prefill grouping
-    monkeypatch.setattr(hf, "_length_groups", lambda lengths, **b: groups(lengths) if "waste" in b else batching(lengths, **b))
+    monkeypatch.setenv("DEBATE_LIGHTNING_ACCEL", "1")  # ragged prefill groups are the engine's decode path
+    batching = hf.length_groups  # keep how generate() batches; replace only the prefill grouping
+    monkeypatch.setattr(hf, "length_groups", lambda lengths, **b: groups(lengths) if "waste" in b else batching(lengths, **b))
     cached = HFGenerator(path=str(tiny_model_dir), dtype="float32", max_batch_size=8)
     plain = HFGenerator(path=str(tiny_model_dir), dtype="float32", max_batch_size=8, prefix_cache=False)
     system = {"role": "system", "content": "Shared rules for everyone. " * 6}
@@ -243,7 +246,7 @@ def test_rows_prefilled_alone_or_padded_generate_the_same(tiny_model_dir, questi
 
 
 def test_similar_lengths_bound_the_padding():
-    from debate_lightning.models.hf import _length_groups
+    from debate_lightning.models.kv import length_groups as _length_groups
 
     lengths = [170, 276, 168, 169, 268, 171, 98]
     groups = _length_groups(lengths, waste=0.15)

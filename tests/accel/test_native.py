@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from debate_lightning.models import native
+from debate_lightning.accel import native
 
 
 

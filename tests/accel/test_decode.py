@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from debate_lightning.models import native
+from debate_lightning.accel import native
 from debate_lightning.models.base import SamplingParams
-from debate_lightning.models.decode import FastDecoder, Sampler, _Layout
+from debate_lightning.accel.decode import FastDecoder, Sampler, _Layout
 from debate_lightning.models.hf import HFGenerator
 
 SYSTEM = "You judge debates about stories. " * 6
@@ -45,8 +45,8 @@ def test_greedy_equals_generate_with_padding(tiny_generator, prefix_cache):
 def _step_logits_against_forward(gen, decoder):
     """Teacher-force one continuation through the loop's step and through forward()."""
     model = gen.model
-    prompts = [gen.prompt_ids(c) for c in CHATS]
-    ids, mask = gen._left_pad(prompts)
+    prompts = [gen.chat_ids(c) for c in CHATS]
+    ids, mask = gen._pad(prompts)
     follow = torch.randint(100, 1000, (len(prompts), 5))
     with torch.inference_mode():
         out = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=True)
@@ -229,10 +229,10 @@ def test_shared_prefix_attention_equals_plain_attention(tiny_generator, wide_gen
         [{"role": "system", "content": other}, {"role": "user", "content": "Count to three, slowly and clearly."}],
         [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Hi"}],
     ]
-    prompts = [gen.prompt_ids(c) for c in chats]
-    system_lens = [gen.system_prefix_len(c, p) for c, p in zip(chats, prompts)]
+    prompts = [gen.chat_ids(c) for c in chats]
+    system_lens = [gen.cacheable_prefix(c, p) for c, p in zip(chats, prompts)]
     groups = [([0, 2, 4], system_lens[0]), ([1, 3], system_lens[1])]
-    ids, mask = gen._left_pad(prompts)
+    ids, mask = gen._pad(prompts)
     decoder = FastDecoder(gen.model, native=use_native)
     with torch.inference_mode():
         out = gen.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=True)

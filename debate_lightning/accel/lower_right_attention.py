@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import torch
 
-from debate_lightning.models import native
+from debate_lightning.accel import native
 
 NAME = "sdpa_lower_right"
 

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 
-from debate_lightning.models import lower_right_attention
+from debate_lightning.accel import lower_right_attention
 
 ARCHITECTURES = ("llama",)  # stock Llama decoder layers: rotary q/k, GQA, RMSNorm, gated MLP
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from debate_lightning.models import packed_linear
-from debate_lightning.models.packed_linear import PackedLinear, pack_frozen_linears, packed_matmul
+from debate_lightning.accel import packed_linear
+from debate_lightning.accel.packed_linear import PackedLinear, pack_frozen_linears, packed_matmul
 
 
 def _pair(bias=True):

@@ -9,8 +9,8 @@ a Llama needs and nothing else:
   its keys and values are copied once into buffers with room for every new token, and each step
   writes one column in place;
 * q/k/v and gate/up projections are fused into one matmul each, every weight packed once: into
-  the native small-batch GEMM's strips where the compiled kernels run (``models/native``, fp32 on
-  AVX2 CPUs; ~1.5x oneDNN at 16 rows), else for oneDNN (``models/packed_linear.py``: ~1.6x the
+  the native small-batch GEMM's strips where the compiled kernels run (``accel/native``, fp32 on
+  AVX2 CPUs; ~1.5x oneDNN at 16 rows), else for oneDNN (``accel/packed_linear.py``: ~1.6x the
   default sgemm);
 * grouped-query attention reads the shared key/value heads directly, without expanding them
   (natively: each cached key/value row read once per step, the story prefix once per group);
@@ -19,7 +19,7 @@ a Llama needs and nothing else:
 
 It samples exactly like ``generate`` with the same settings (minimum length, temperature, top-k,
 top-p; greedy = argmax), and its logits equal the model's ``forward`` within float tolerance
-(tests/models/test_decode.py). Models it does not know (other architectures, adapters other than
+(tests/accel/test_decode.py). Models it does not know (other architectures, adapters other than
 plain LoRA, dynamic RoPE) keep using ``generate``: ``FastDecoder.unsupported(model)`` says why.
 """
 
@@ -33,8 +33,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from debate_lightning.models import native as native_kernels
-from debate_lightning.models.packed_linear import packed_matmul
+from debate_lightning.accel import native as native_kernels
+from debate_lightning.accel.packed_linear import packed_matmul
 
 Linear = Callable[[torch.Tensor], torch.Tensor]
 # (layer index, queries (B, kv, heads per kv, D), key buffer, value buffer, width) -> (B, kv, heads per kv, D)
@@ -128,7 +128,7 @@ class FastDecoder:
         return _lora_unsupported(model)
 
     def __init__(self, model: torch.nn.Module, native: bool = True):
-        """``native``: use the compiled CPU kernels (``models/native``: small-batch linears, decode
+        """``native``: use the compiled CPU kernels (``accel/native``: small-batch linears, decode
         attention, the step's element-wise ops and sampling) where they run (fp32 CPU weights on an
         AVX2 machine with a C compiler); False keeps torch ops everywhere."""
         reason = self.unsupported(model)

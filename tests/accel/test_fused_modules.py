@@ -3,8 +3,8 @@
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from debate_lightning.models import native
-from debate_lightning.models.fused_modules import fuse_frozen_modules
+from debate_lightning.accel import native
+from debate_lightning.accel.fused_modules import fuse_frozen_modules
 
 
 def _twins():

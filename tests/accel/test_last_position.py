@@ -5,9 +5,10 @@ import copy
 import torch
 from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 
-from debate_lightning.models import lower_right_attention
-from debate_lightning.models.hf import HFGenerator, _cache_kwarg
-from debate_lightning.models.last_position import last_position_only, trim_last_layer
+from debate_lightning.accel import lower_right_attention
+from debate_lightning.models.hf import HFGenerator
+from debate_lightning.models.kv import cache_kwarg as _cache_kwarg
+from debate_lightning.accel.last_position import last_position_only, trim_last_layer
 from debate_lightning.models.base import SamplingParams
 
 

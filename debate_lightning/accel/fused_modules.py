@@ -4,7 +4,7 @@ Judging and prefill are full forward passes of hundreds of tokens per row. Besid
 (``packed_linear.py``), a Llama layer there spends ~10% of its time in small element-wise torch
 ops: RMSNorm as 5-6 ops with temporaries, and the MLP's SiLU and product as two passes over the
 widest activation. :func:`fuse_frozen_modules` switches those modules of a model to subclasses
-whose forward makes one native call each (``models/native``: ``rms_norm``, ``silu_mul``):
+whose forward makes one native call each (``accel/native``: ``rms_norm``, ``silu_mul``):
 
 * only without autograd (``torch.no_grad``/``inference_mode``: judging, prefill, rollouts) and
   for fp32 CPU tensors; anything else runs the original forward, so training is untouched;
@@ -20,7 +20,7 @@ import functools
 
 import torch
 
-from debate_lightning.models import native
+from debate_lightning.accel import native
 
 ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3")  # x * rsqrt(mean(x²) + eps) * w and SiLU-gated MLPs
 

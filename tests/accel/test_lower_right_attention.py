@@ -6,9 +6,10 @@ import pytest
 import torch
 from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 
-from debate_lightning.models import lower_right_attention as lra
-from debate_lightning.models import native
-from debate_lightning.models.hf import HFGenerator, _cache_kwarg
+from debate_lightning.accel import lower_right_attention as lra
+from debate_lightning.accel import native
+from debate_lightning.models.hf import HFGenerator
+from debate_lightning.models.kv import cache_kwarg as _cache_kwarg
 
 
 def _twins():
@@ -171,8 +172,8 @@ def test_judge_reuses_the_start_shared_with_the_previous_chat(tiny_model_dir):
                   [system, {"role": "user", "content": question + f"B: Ilse. Debate: {'Tom did. ' * (i + 4)}"}]]
     a, b = cached.choice_logprobs(chats, ["A", "B"]), plain.choice_logprobs(chats, ["A", "B"])
     torch.testing.assert_close(torch.tensor(a), torch.tensor(b), atol=1e-4, rtol=0)
-    prompts = [cached.prompt_ids(c) for c in chats]
+    prompts = [cached.chat_ids(c) for c in chats]
     ordered = sorted(prompts)
     shared = sum(next(j for j, (x, y) in enumerate(zip(p, q)) if x != y) for q, p in zip(ordered, ordered[1:]))
-    assert cached.stats["reused_tokens"] == shared > 5 * len(cached.prompt_ids([system]))
+    assert cached.stats["reused_tokens"] == shared > 5 * len(cached.chat_ids([system]))
     assert plain.stats["reused_tokens"] == 0
