@@ -32,8 +32,22 @@ run: setup
 test: setup
 	$(PY) -m pytest -q
 
-bench: setup
+# The peer venv benchmarks/dpo_vs_trl.py runs TRL in (TRL is no dependency of the package): torch
+# first and pinned, then TRL 1.16 with the package venv's transformers and peft. Built once; rebuilt
+# only when the package's venv or the install scripts change.
+TRL_VENV := .venv-trl
+TRL_STAMP := $(TRL_VENV)/.setup-stamp
+
+$(TRL_STAMP): $(STAMP) scripts/install_trl.sh scripts/install_torch.sh
+	bash scripts/install_trl.sh "$(TRL_VENV)" "$(TORCH_SPEC)" "$(VENV)"
+	@touch $(TRL_STAMP)
+
+# Every benchmark, each ending with its `ratio:` line; figures and method in docs/performance.md.
+# On an idle 2-core CPU: rollout ~20 min (its one-at-a-time baseline alone ~15), DPO vs TRL ~10 min.
+bench: setup $(TRL_STAMP)
 	$(PY) benchmarks/rollout.py
+	$(PY) benchmarks/dpo_vs_trl.py --trl-python $(TRL_VENV)/bin/python
+	$(PY) benchmarks/linear.py
 
 clean:
 	rm -rf outputs lightning_logs .pytest_cache

@@ -12,17 +12,17 @@ our tokenisation, times the pairs processed in the timed steps, over the timed w
 same numerator on both sides, so the ratio is the ratio of step times. Peak RSS is the worker
 process's ``ru_maxrss``.
 
-TRL is not a dependency of this package. Install it into a separate venv, once:
+TRL is not a dependency of this package: it runs in a peer venv, ``.venv-trl/``, which ``make
+bench`` builds once (``scripts/install_trl.sh``: torch 2.13.0 first and pinned, then
+``trl==1.16.*``, ``datasets`` and the package venv's own ``transformers`` and ``peft`` versions)
+and reuses:
 
-    python3 -m venv /tmp/trlvenv
-    /tmp/trlvenv/bin/pip install torch==2.13.0 trl==1.16.* peft transformers   # torch first: CPU build
-
-then run (``make setup`` must have prepared the embedded model):
-
-    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/dpo_vs_trl.py --trl-python /tmp/trlvenv/bin/python
+    make bench                                                # builds .venv-trl once, runs every benchmark
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/dpo_vs_trl.py   # this one alone, once .venv-trl exists
 
 The last line printed is ``ratio: X`` (ours over TRL, tokens/s). ``--trl-python`` defaults to
-this interpreter, which works if TRL is installed in it.
+``.venv-trl/bin/python`` where that exists, else to this interpreter (which works if TRL is
+installed in it). Figures and their history: ``docs/performance.md``.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+TRL_PYTHON = ROOT / ".venv-trl" / "bin" / "python"  # the peer venv `make bench` builds
 LORA = {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
 LR, BETA, CLIP = 5e-5, 0.1, 1.0
 
@@ -141,7 +142,8 @@ def _run_worker(python: str, name: str, args: argparse.Namespace, data: Path, mo
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--trl-python", default=sys.executable, help="a python with trl installed")
+    parser.add_argument("--trl-python", default=str(TRL_PYTHON) if TRL_PYTHON.exists() else sys.executable,
+                        help="a python with trl installed (default: .venv-trl/bin/python, built by `make bench`)")
     parser.add_argument("--pairs", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--steps", type=int, default=4, help="timed steps after one warm-up step")
