@@ -25,8 +25,8 @@ from debate_lightning.models.base import Chat, Generation, LocalGenerator, Sampl
 from debate_lightning.models.embedded import EMBEDDED
 from debate_lightning.models.kv import (KV, PrefixCache, cache_kwarg, cache_of, common_prefix, kv_of, left_pad,
                                         length_groups, positions_from_mask, prefixed_batch, shared_groups)
-from debate_lightning.models.loading import eval_mode, load_model_and_tokenizer
-from debate_lightning.models.spec import HFOptions
+from debate_lightning.models.loading import auto_dtype, eval_mode, load_model_and_tokenizer, resolve_device
+from debate_lightning.models.spec import HFOptions, ModelSpec
 
 MIN_REUSED_TOKENS = 16  # a shorter shared start is not worth the second attention call
 
@@ -403,6 +403,14 @@ def live_generator(model: torch.nn.Module, tokenizer: Any, name: str = "policy",
         around = model.disable_adapter  # type: ignore[assignment]
     return HFGenerator(model=model, tokenizer=tokenizer, name=name, max_batch_size=max_batch_size, options=options,
                        around=around)
+
+
+def build_hf(spec: ModelSpec, name: str) -> HFGenerator:
+    """The ``hf`` backend's factory (``models/registry.py``)."""
+    device = resolve_device(spec.device)
+    return HFGenerator(path=spec.path, dtype=auto_dtype(device) if spec.dtype == "auto" else spec.dtype, device=device,
+                       adapter=spec.adapter, max_batch_size=spec.max_batch_size, trust_remote_code=spec.trust_remote_code,
+                       name=name, options=spec.hf_options())
 
 
 def _top(logprobs: torch.Tensor, k: int) -> list[list[TopLogprobs]] | list[TopLogprobs]:

@@ -1,5 +1,5 @@
 """Loading local models: dtypes, devices, transformers checkpoints (directories, hub ids, GGUF,
-``embedded``), PEFT adapters, and the ``hf`` backend's factory."""
+``embedded``) and PEFT adapters."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from typing import Any
 import torch
 
 from debate_lightning.models.embedded import EMBEDDED, resolve
-from debate_lightning.models.spec import ModelSpec
 
 DTYPES = {
     "float32": torch.float32,
@@ -101,14 +100,3 @@ def eval_mode(model: torch.nn.Module) -> Iterator[None]:
             yield
     finally:
         model.train(was_training)
-
-
-def build_hf(spec: ModelSpec, name: str):
-    """The ``hf`` backend's factory (see ``models/registry.py``)."""
-    from debate_lightning.models.hf import HFGenerator
-
-    device = resolve_device(spec.device)
-    dtype = auto_dtype(device) if spec.dtype == "auto" else spec.dtype
-    return HFGenerator(path=spec.path, dtype=dtype, device=device, adapter=spec.adapter,
-                       max_batch_size=spec.max_batch_size, trust_remote_code=spec.trust_remote_code, name=name,
-                       options=spec.hf_options())

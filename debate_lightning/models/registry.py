@@ -19,7 +19,7 @@ __all__ = ["BACKENDS", "HFOptions", "ModelSpec", "backends", "build_generator", 
 Factory = Callable[[ModelSpec, str], Generator]
 
 BACKENDS: dict[str, str | Factory] = {
-    "hf": "debate_lightning.models.loading:build_hf",
+    "hf": "debate_lightning.models.hf:build_hf",
     "openai": "debate_lightning.models.api:build_openai",
     "openai_compatible": "debate_lightning.models.api:build_openai_compatible",
     "anthropic": "debate_lightning.models.api:build_anthropic",

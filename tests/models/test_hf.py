@@ -127,10 +127,11 @@ def test_prefix_cache_equals_uncached_generation(tiny_model_dir, questions):
     assert cached.stats["prefix_misses"] == len({q.story for q in questions})
 
 
-def test_next_turn_prefills_only_what_is_new(tiny_model_dir, questions):
+def test_next_turn_prefills_only_what_is_new(tiny_model_dir, questions, monkeypatch):
     """A debater's next chat extends its last prompt + speech: the KV kept after decoding serves
     all of that prompt (and the speech, as far as it re-tokenises the same), and the
-    generations still equal uncached ones."""
+    generations still equal uncached ones. (The engine's decode loop keeps that KV.)"""
+    monkeypatch.setenv("DEBATE_LIGHTNING_ACCEL", "1")
     from debate_lightning.debate.agents import prompts_for
     from debate_lightning.debate.formats import Format
     from debate_lightning.debate.transcript import Speech, Transcript
