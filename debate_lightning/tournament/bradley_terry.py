@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from debate_lightning.debate.engine import RoundResult
-from debate_lightning.tournament.metrics import interval, judged, question_key
+from debate_lightning.tournament.rounds import interval, judged, question_key
 
 
 def win_counts(results: Sequence[RoundResult], players: Sequence[str] | None = None) -> tuple[list[str], np.ndarray]:

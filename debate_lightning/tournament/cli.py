@@ -6,8 +6,9 @@ import dataclasses
 import json
 import sys
 
-from jsonargparse import ActionConfigFile, ArgumentError, ArgumentParser
+from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentError, ArgumentParser
 
+from debate_lightning.config_files import resolve_config_args
 from debate_lightning.tournament.config import TournamentConfig
 
 
@@ -17,19 +18,25 @@ def tournament_parser() -> ArgumentParser:
         description="Play debate rounds and judge them; results go to OUTPUT/rounds.jsonl.",
         exit_on_error=False,
     )
-    parser.add_argument("--config", action=ActionConfigFile, help="a tournament YAML (see configs/)")
+    parser.add_argument("--config", action=ActionConfigFile,
+                        help="a tournament YAML: a file, or a shipped config by name (tournament.yaml)")
     parser.add_class_arguments(TournamentConfig, nested_key=None, as_group=False)
-    parser.add_argument("--resume", type=bool, default=False, help="continue a killed run in the same --output")
+    # Switches: `--resume` alone means true; `--resume true|false` and `--no_resume` work too.
+    switch = {"action": ActionYesNo, "nargs": "?"}
+    parser.add_argument("--resume", **switch, default=False, help="continue a killed run in the same --output")
     parser.add_argument("--shard", type=str | None, default=None, help="i/n: play only shard i of n (0-based)")
-    parser.add_argument("--progress", type=bool, default=True, help="show a progress bar on stderr")
-    parser.add_argument("--report", type=bool, default=True, help="write report.md, plots and metrics.json at the end")
+    parser.add_argument("--progress", **switch, default=True, help="show a progress bar on stderr")
+    parser.add_argument("--report", **switch, default=True, help="write report.md, plots and metrics.json at the end")
     return parser
 
 
 def parse_tournament_args(argv: list[str]) -> tuple[TournamentConfig, dict]:
-    """Parse ``--config FILE`` and flags into a checked ``TournamentConfig`` and run options."""
+    """Parse ``--config FILE`` and flags into a checked ``TournamentConfig`` and run options.
+
+    ``--config tournament.yaml`` that is no file here names the shipped config (said on stderr);
+    a name that is neither raises ``ConfigNotFound`` (a FileNotFoundError) listing them."""
     parser = tournament_parser()
-    ns = parser.parse_args(argv)
+    ns = parser.parse_args(resolve_config_args(argv))
     init = parser.instantiate_classes(ns)
     fields = {f.name for f in dataclasses.fields(TournamentConfig)}
     cfg = TournamentConfig(**{k: init[k] for k in fields})
@@ -122,7 +129,7 @@ def rejudge_main(argv: list[str] | None = None) -> int:
     if not argv or argv[0].startswith("-"):
         helping = bool(argv) and argv[0] in ("-h", "--help")
         print("usage: python -m debate_lightning rejudge SOURCE_DIR --output NEW_DIR [--config FILE] "
-              "[--judge.model KEY] [--models ...] [--resume true]\n" + (rejudge_main.__doc__ or ""),
+              "[--judge.model KEY] [--models ...] [--resume]\n" + (rejudge_main.__doc__ or ""),
               file=sys.stdout if helping else sys.stderr)
         return 0 if helping else 2
     source, rest = argv[0], argv[1:]

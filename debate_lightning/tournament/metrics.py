@@ -3,10 +3,11 @@
 Every function takes ``RoundResult``s (only rounds with ``status == "ok"`` and a verdict count)
 and returns plain dicts of floats, so ``metrics.json`` holds every number the report shows.
 
-Intervals are 95% percentile bootstraps that resample **questions**, not rounds: the two side
-orders of a question (and every matchup and format played on it) share the question's
-difficulty, so resampling rounds would understate the uncertainty. Resampling the same question
-draws for two statistics makes their difference a *paired* bootstrap (debate vs consultancy).
+Intervals are 95% percentile bootstraps that resample **questions** (``rounds.py`` says why).
+Resampling the same question draws for two statistics makes their difference a *paired*
+bootstrap (debate vs consultancy).
+
+Imports go one way: ``rounds`` <- ``bradley_terry`` <- ``metrics``.
 """
 
 from __future__ import annotations
@@ -20,89 +21,29 @@ import numpy as np
 
 from debate_lightning.debate.engine import RoundResult
 from debate_lightning.debate.formats import Format
+from debate_lightning.tournament.bradley_terry import bradley_terry, fit_bradley_terry, win_counts
+from debate_lightning.tournament.rounds import (
+    DEFAULT_BOOTSTRAP,
+    bootstrap_means,
+    draw_weights,
+    format_family,
+    format_name,
+    interval,
+    judged,
+    matchup,
+    mean_ci,
+    p_correct,
+    question_key,
+)
 
-DEFAULT_BOOTSTRAP = 1000
-
-
-# --------------------------------------------------------------------------- helpers on rounds
-
-
-def judged(results: Sequence[RoundResult]) -> list[RoundResult]:
-    """Rounds that finished and have a verdict."""
-    return [r for r in results if r.ok and r.p_a is not None and r.winner is not None]
-
-
-def format_name(r: RoundResult) -> str:
-    return Format(**r.format).name
-
-
-def format_family(r: RoundResult) -> str:
-    return Format(**r.format).family
-
-
-def matchup(r: RoundResult) -> str:
-    """``a vs b`` (names sorted, sides ignored), ``a (self-play)``, or the consultant's name."""
-    names = [n for n in r.debaters if n]
-    if len(names) == 2 and names[0] == names[1]:
-        return f"{names[0]} (self-play)"
-    return " vs ".join(sorted(names)) or "(no speakers)"
-
-
-def p_correct(r: RoundResult) -> float:
-    """The judge's probability for the correct answer (probabilistic accuracy of one round)."""
-    assert r.p_a is not None
-    return r.p_a if r.correct_index == 0 else 1.0 - r.p_a
-
-
-def question_key(r: RoundResult) -> str:
-    """Clusters for the bootstrap: a question whatever its side order."""
-    return str(r.question.get("question_id", r.question.get("uid", r.round_id)))
-
-
-# --------------------------------------------------------------------------- bootstrap
-
-
-def bootstrap_means(
-    values: Sequence[float] | np.ndarray,
-    clusters: Sequence[str],
-    n_boot: int = DEFAULT_BOOTSTRAP,
-    seed: int = 0,
-) -> np.ndarray:
-    """Bootstrap replicates of the mean of ``values``, resampling whole clusters.
-
-    Returns ``n_boot`` replicates of sum(w_c * S_c) / sum(w_c * N_c) where S_c, N_c are a
-    cluster's sum and count and w_c ~ Multinomial(C, 1/C) are its draw counts.
-    """
-    values = np.asarray(values, dtype=float)
-    keys, idx = np.unique(np.asarray(clusters, dtype=object).astype(str), return_inverse=True)
-    sums = np.bincount(idx, weights=values, minlength=len(keys))
-    counts = np.bincount(idx, minlength=len(keys)).astype(float)
-    weights = _draw_weights(len(keys), n_boot, seed)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return (weights @ sums) / (weights @ counts)
-
-
-def _draw_weights(n_clusters: int, n_boot: int, seed: int) -> np.ndarray:
-    """How often each cluster is drawn in each of ``n_boot`` resamples of ``n_clusters``."""
-    rng = np.random.default_rng(seed)
-    return rng.multinomial(n_clusters, np.full(n_clusters, 1.0 / n_clusters), size=n_boot).astype(float)
-
-
-def interval(replicates: np.ndarray, level: float = 0.95) -> tuple[float, float]:
-    reps = replicates[np.isfinite(replicates)]
-    if reps.size == 0:
-        return (math.nan, math.nan)
-    lo, hi = np.quantile(reps, [(1 - level) / 2, 1 - (1 - level) / 2])
-    return float(lo), float(hi)
-
-
-def mean_ci(values: Sequence[float], clusters: Sequence[str], n_boot: int = DEFAULT_BOOTSTRAP, seed: int = 0) -> dict:
-    """``{"n", "mean", "ci": [lo, hi]}`` for a cluster-bootstrapped mean."""
-    if len(values) == 0:
-        return {"n": 0, "mean": math.nan, "ci": [math.nan, math.nan]}
-    mean = float(np.mean(np.asarray(values, dtype=float)))
-    lo, hi = interval(bootstrap_means(values, clusters, n_boot, seed))
-    return {"n": len(values), "mean": mean, "ci": [lo, hi]}
+# The round helpers, the bootstrap and Bradley–Terry live in their own modules; callers import
+# them from here as well (``from debate_lightning.tournament.metrics import bradley_terry``).
+__all__ = [
+    "DEFAULT_BOOTSTRAP", "bootstrap_means", "format_family", "format_name", "interval", "judged", "matchup",
+    "mean_ci", "p_correct", "question_key", "bradley_terry", "fit_bradley_terry", "win_counts",
+    "accuracy", "grouped", "accuracy_table", "accuracy_difference", "calibration", "side_win_rates",
+    "side_order_pairs", "quote_statistics", "compute_metrics",
+]
 
 
 # --------------------------------------------------------------------------- accuracy
@@ -188,7 +129,7 @@ def _paired_replicates(values, clusters, all_keys: list[str], n_boot: int, seed:
     idx = np.array([index[c] for c in clusters])
     sums = np.bincount(idx, weights=np.asarray(values, float), minlength=len(all_keys))
     counts = np.bincount(idx, minlength=len(all_keys)).astype(float)
-    weights = _draw_weights(len(all_keys), n_boot, seed)
+    weights = draw_weights(len(all_keys), n_boot, seed)
     with np.errstate(invalid="ignore", divide="ignore"):
         return (weights @ sums) / (weights @ counts)
 
@@ -377,8 +318,6 @@ def compute_metrics(
     results: Sequence[RoundResult], n_boot: int = DEFAULT_BOOTSTRAP, seed: int = 0, bt_l2: float = 0.01
 ) -> dict:
     """Every metric of a tournament, as one JSON-serialisable dict (``metrics.json``)."""
-    from debate_lightning.tournament.bradley_terry import bradley_terry
-
     ok = judged(results)
     families = sorted({format_family(r) for r in ok})
     comparisons = []
@@ -408,12 +347,3 @@ def compute_metrics(
         "quotes": quote_statistics(results),
     }
 
-
-def __getattr__(name: str):
-    # Bradley–Terry lives in its own module (it imports this one); keep `metrics.bradley_terry`
-    # importable, as callers use it, without an import cycle.
-    if name in ("bradley_terry", "fit_bradley_terry", "win_counts"):
-        from debate_lightning.tournament import bradley_terry as _bt
-
-        return getattr(_bt, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
