@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml Makefile scripts/install_torch.sh
 
 run: setup
 	# --resume: a second `make run` finishes (or just re-reports) the same run instead of refusing.
-	$(PY) -m debate_lightning tournament --config configs/tournament.yaml --output outputs/tournament --resume true
+	$(PY) -m debate_lightning tournament --config configs/tournament.yaml --output outputs/tournament --resume
 
 test: setup
 	$(PY) -m pytest -q

@@ -21,12 +21,15 @@ Set ``DEBATE_LIGHTNING_PACKED_LINEAR=0`` to turn it off everywhere.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import weakref
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
 
 
 @functools.cache
@@ -35,13 +38,19 @@ def available() -> bool:
     if os.environ.get("DEBATE_LIGHTNING_PACKED_LINEAR", "1") in ("0", "false", "no", "off"):
         return False
     if not torch.backends.mkldnn.is_available():
+        log.info("packed linears off: this torch has no oneDNN (mkldnn)")
         return False
-    try:
-        weight, x = torch.randn(48, 40), torch.randn(5, 40)
+    generator = torch.Generator().manual_seed(0)  # the probe must not move the global RNG
+    weight, x = torch.randn(48, 40, generator=generator), torch.randn(5, 40, generator=generator)
+    try:  # private ops: a torch release may rename or drop them
         got = _run(x, _pack(weight), None)
-    except (RuntimeError, AttributeError):
+    except (RuntimeError, AttributeError) as err:
+        log.warning("packed linears off: torch.ops.mkldnn's packed linear is missing or changed (%s)", err)
         return False
-    return torch.allclose(got, F.linear(x, weight), rtol=1e-4, atol=1e-4)
+    if not torch.allclose(got, F.linear(x, weight), rtol=1e-4, atol=1e-4):
+        log.warning("packed linears off: torch.ops.mkldnn's packed linear disagrees with F.linear")
+        return False
+    return True
 
 
 def _pack(weight: torch.Tensor) -> torch.Tensor:

@@ -24,7 +24,8 @@ from debate_lightning.models import chat as chat_tokens
 from debate_lightning.models.base import Chat, Generation, LocalGenerator, SamplingParams, TopLogprobs
 from debate_lightning.models.embedded import EMBEDDED
 from debate_lightning.models.kv import (KV, PrefixCache, cache_kwarg, cache_of, common_prefix, kv_of, left_pad,
-                                        length_groups, positions_from_mask, prefixed_batch, shared_groups)
+                                        length_groups, merge_prefills, positions_from_mask, prefixed_batch,
+                                        shared_groups)
 from debate_lightning.models.loading import auto_dtype, eval_mode, load_model_and_tokenizer, resolve_device
 from debate_lightning.models.spec import HFOptions, ModelSpec
 
@@ -225,20 +226,7 @@ class HFGenerator(LocalGenerator):
         parts = [(rows, self._prefill(*prefixed_batch([prompts[i] for i in rows], [kvs[i] for i in rows],
                                                       [cut[i] for i in rows], pad, self.device)))
                  for rows in length_groups([len(p) - n for p, n in zip(prompts, cut)], waste=0.15)]
-        if len(parts) == 1:
-            return parts[0][1]
-        width = max(part[2].shape[1] for _, part in parts)
-        first_keys, first_values, _, first_logits = parts[0][1]
-        keys = [k.new_zeros(len(prompts), k.shape[1], width, k.shape[3]) for k in first_keys]
-        values = [v.new_zeros(len(prompts), v.shape[1], width, v.shape[3]) for v in first_values]
-        mask = torch.zeros(len(prompts), width, dtype=torch.long, device=self.device)
-        logits = first_logits.new_empty(len(prompts), first_logits.shape[-1])
-        for rows, (k_part, v_part, m_part, l_part) in parts:
-            index, w = torch.tensor(rows, device=self.device), m_part.shape[1]
-            for k, v, kp, vp in zip(keys, values, k_part, v_part):
-                k[index, :, width - w :], v[index, :, width - w :] = kp, vp
-            mask[index, width - w :], logits[index] = m_part, l_part
-        return keys, values, mask, logits
+        return parts[0][1] if len(parts) == 1 else merge_prefills(parts, len(prompts))
 
     def _lean_generate(self, prefilled, params: SamplingParams, want_scores: bool, shared=None):
         """The same as ``_hf_generate`` by the engine's decode loop after a prefill; ``shared``:

@@ -92,6 +92,23 @@ def prefixed_batch(prompts: Sequence[Sequence[int]], kvs: Sequence[KV], cut: Seq
     return ids.to(device), mask.to(device), cache_of(layers)
 
 
+def merge_prefills(parts: Sequence[tuple[list[int], tuple]], rows: int):
+    """One prefill (per-layer keys, values; mask; last logits) of ``rows`` rows from prefills of
+    groups of them (``parts``: (row indices, prefill)), each right-aligned to the widest."""
+    width = max(part[2].shape[1] for _, part in parts)
+    first_keys, first_values, first_mask, first_logits = parts[0][1]
+    keys = [k.new_zeros(rows, k.shape[1], width, k.shape[3]) for k in first_keys]
+    values = [v.new_zeros(rows, v.shape[1], width, v.shape[3]) for v in first_values]
+    mask = first_mask.new_zeros(rows, width)
+    logits = first_logits.new_empty(rows, first_logits.shape[-1])
+    for index, (k_part, v_part, m_part, l_part) in parts:
+        index, w = torch.tensor(index, device=mask.device), m_part.shape[1]
+        for k, v, kp, vp in zip(keys, values, k_part, v_part):
+            k[index, :, width - w :], v[index, :, width - w :] = kp, vp
+        mask[index, width - w :], logits[index] = m_part, l_part
+    return keys, values, mask, logits
+
+
 def length_groups(
     lengths: Sequence[int], max_rows: int | None = None, token_budget: int | None = None, waste: float | None = None
 ) -> list[list[int]]:
