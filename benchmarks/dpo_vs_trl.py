@@ -55,7 +55,7 @@ def worker_ours(args: argparse.Namespace) -> dict:
 
     from debate_lightning.training.datamodules import PreferenceDataModule
     from debate_lightning.training.dpo import DPOModule
-    from debate_lightning.training.policy import LoraSpec
+    from debate_lightning.training.policy import LoraSpec, OptimConfig, PolicyConfig
 
     torch.manual_seed(0)
     times: list[float] = []
@@ -67,8 +67,8 @@ def worker_ours(args: argparse.Namespace) -> dict:
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
             times.append(time.perf_counter() - self.t0)
 
-    module = DPOModule(model=args.model_dir, lora=LoraSpec(**LORA), lr=LR, beta=BETA,
-                       reference_cache=args.reference_cache, save_adapter=False)
+    module = DPOModule(PolicyConfig(args.model_dir, LoraSpec(**LORA), save_adapter=False), OptimConfig(lr=LR),
+                       beta=BETA, reference_cache=args.reference_cache)
     dm = PreferenceDataModule(train=args.data, batch_size=args.batch_size, max_prompt_length=2048,
                               max_completion_length=1024)
     trainer = L.Trainer(accelerator="cpu", devices=1, precision="32-true", max_steps=args.warmup + args.steps,

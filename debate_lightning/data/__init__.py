@@ -2,10 +2,12 @@
 
 from typing import Any
 
+from debate_lightning.data.config import DataConfig
 from debate_lightning.data.preferences import PreferencePair, read_preferences, write_preferences
 from debate_lightning.data.question import DataError, Question
 
 __all__ = [
+    "DataConfig",
     "DataError",
     "PreferencePair",
     "Question",

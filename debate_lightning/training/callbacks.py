@@ -31,15 +31,17 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 
+from debate_lightning.data.config import DataConfig
 from debate_lightning.data.question import Question
 from debate_lightning.debate.agents import Debater, Judge
 from debate_lightning.debate.engine import RoundResult, RoundSpec, run_rounds
 from debate_lightning.debate.formats import Format
 from debate_lightning.models.base import Generator, SamplingParams
+from debate_lightning.models.hf import live_generator
 from debate_lightning.models.registry import ModelSpec, build_generator
-from debate_lightning.tournament.config import DataConfig
 from debate_lightning.tournament.metrics import bradley_terry, calibration, judged
-from debate_lightning.training.rollouts import DebateRolloutDataModule, PolicyGenerator, initial_model_generator
+from debate_lightning.training.online.datamodule import DebateRolloutDataModule
+from debate_lightning.training.reference import initial_model_generator
 
 _DEFAULT_SAMPLING = SamplingParams(max_new_tokens=48, temperature=0.7)
 
@@ -92,8 +94,7 @@ class _DebateEvaluation(Callback):
         return dm.sampling if isinstance(dm, DebateRolloutDataModule) else _DEFAULT_SAMPLING
 
     def policy(self, pl_module: pl.LightningModule) -> Debater:
-        gen = PolicyGenerator(model=pl_module.policy, tokenizer=pl_module.tokenizer, name="policy",
-                              max_batch_size=self.max_batch_size)
+        gen = live_generator(pl_module.policy, pl_module.tokenizer, "policy", self.max_batch_size)
         return Debater("policy", gen, self._params)
 
     # -- running ------------------------------------------------------------------------------

@@ -22,6 +22,9 @@ Public API (the SFT, DPO, online-DPO and PPO modules all build on it):
 ``save_adapter(model, directory)``
     Writes PEFT adapters (``adapter_model.safetensors`` + config) or, for a full fine-tune, the
     weights as safetensors.
+``PolicyConfig``, ``OptimConfig``
+    The two argument groups every training module takes (``policy:`` and ``optim:`` in a
+    config): which model to train and how, and AdamW with its schedule.
 ``PolicyModule``
     The LightningModule base of SFT/DPO (and online DPO/PPO): builds the policy, AdamW + warmup
     schedule, ``track()`` metrics reduced once per optimizer step across micro-batches and ranks
@@ -30,7 +33,8 @@ Public API (the SFT, DPO, online-DPO and PPO modules all build on it):
 
 Tokenisation helpers ``prompt_ids(tokenizer, chat)`` and ``completion_ids(tokenizer, text)``
 render a chat with the model's template (ending with the assistant prompt) and a completion
-followed by the end-of-turn token.
+followed by the end-of-turn token. They are the models floor's ``chat_ids``/``text_ids``, so a
+rollout's prompt and a preference file's prompt tokenise the same way.
 """
 
 from __future__ import annotations
@@ -41,13 +45,14 @@ import math
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import torch
 
-from debate_lightning.models.hf import load_model_and_tokenizer, parse_dtype
-from debate_lightning.models.packed_linear import pack_frozen_linears
+from debate_lightning import accel
+from debate_lightning.models.chat import chat_ids, text_ids
+from debate_lightning.models.loading import load_model_and_tokenizer, parse_dtype
 
 
 @dataclass
@@ -66,6 +71,55 @@ class LoraSpec:
     alpha: int = 16
     dropout: float = 0.0
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+
+
+SCHEDULERS = ("constant", "linear", "cosine")
+
+
+@dataclass
+class PolicyConfig:
+    """The policy to train: ``policy:`` in every training config.
+
+    Attributes:
+        model: ``embedded``, a model directory, a hub id or a GGUF file.
+        lora: LoRA settings; null for a full fine-tune (then the reference must be ``copy``).
+        adapter: start from this PEFT adapter directory (e.g. an SFT or DPO run's ``adapter``).
+        dtype: weight dtype (``float32`` on CPU; use trainer.precision ``bf16-mixed`` on GPUs).
+        gradient_checkpointing: recompute activations in the backward pass to save memory.
+        load_in_4bit: quantise the base to 4-bit NF4 (bitsandbytes, CUDA only).
+        save_adapter: write the adapters (or full weights) as safetensors beside the run's
+            config.yaml at the end of fit.
+    """
+
+    model: str = "embedded"
+    lora: LoraSpec | None = field(default_factory=LoraSpec)
+    adapter: str | None = None
+    dtype: str = "float32"
+    gradient_checkpointing: bool = False
+    load_in_4bit: bool = False
+    save_adapter: bool = True
+
+
+@dataclass
+class OptimConfig:
+    """AdamW over the trainable parameters and its learning-rate schedule: ``optim:`` in a config.
+
+    Attributes:
+        lr: peak learning rate.
+        weight_decay: AdamW weight decay.
+        warmup_steps: linear warmup over this many optimizer steps.
+        scheduler: after warmup, ``constant``, or ``linear``/``cosine`` decay to 0 at the run's
+            last step (these need a run of known length: not for online objectives).
+    """
+
+    lr: float = 5e-5
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    scheduler: Literal["constant", "linear", "cosine"] = "constant"
+
+    def __post_init__(self) -> None:
+        if self.scheduler not in SCHEDULERS:  # jsonargparse checks the Literal; Python callers do not
+            raise ValueError(f"optim.scheduler: unknown scheduler {self.scheduler!r}; choose one of {SCHEDULERS}")
 
 
 def build_policy(
@@ -101,9 +155,7 @@ def build_policy(
         config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets,
                             task_type="CAUSAL_LM")
         policy = get_peft_model(base, config)
-    # Frozen linears (a LoRA policy's base, its reference pass) run through packed oneDNN weights;
-    # trained weights keep F.linear. See models/packed_linear.py.
-    pack_frozen_linears(policy)
+    # No CPU acceleration here: the policy's device is not known yet (PolicyModule.setup knows it).
     policy.train()
     return policy, tokenizer
 
@@ -151,16 +203,12 @@ def save_adapter(model: torch.nn.Module, directory: str | Path) -> Path:
 # -- tokenisation -------------------------------------------------------------------------------
 def prompt_ids(tokenizer: Any, chat: Sequence[dict[str, str]]) -> list[int]:
     """The chat rendered with the model's template, ending with the assistant prompt."""
-    ids = tokenizer.apply_chat_template(list(chat), add_generation_prompt=True, tokenize=True)
-    if isinstance(ids, dict) or hasattr(ids, "input_ids"):
-        ids = ids["input_ids"]
-    return list(ids)
+    return chat_ids(tokenizer, list(chat))
 
 
 def completion_ids(tokenizer: Any, text: str, eos: bool = True) -> list[int]:
     """The completion's tokens, followed by the end-of-turn (EOS) token when ``eos``."""
-    ids = tokenizer.encode(text, add_special_tokens=False)
-    return [*ids, tokenizer.eos_token_id] if eos and tokenizer.eos_token_id is not None else ids
+    return text_ids(tokenizer, text, eos=eos)
 
 
 # -- packing ------------------------------------------------------------------------------------
@@ -183,6 +231,11 @@ class PackedBatch:
 
     def to(self, device: torch.device | str) -> PackedBatch:
         return PackedBatch(**{k: v.to(device) for k, v in self.__dict__.items()})
+
+    def rows(self, index: torch.Tensor | Sequence[int]) -> PackedBatch:
+        """The rows ``index`` (in that order) as a batch of their own."""
+        index = torch.as_tensor(index, device=self.input_ids.device)
+        return PackedBatch(**{k: v.index_select(0, index) for k, v in self.__dict__.items()})
 
     @property
     def completion_lengths(self) -> torch.Tensor:
@@ -272,14 +325,13 @@ def completion_logps(model: torch.nn.Module, batch: PackedBatch) -> torch.Tensor
 
 
 # -- the LightningModule base -------------------------------------------------------------------
-SCHEDULERS = ("constant", "linear", "cosine")
-
-
 class PolicyModule(L.LightningModule):
     """What every policy-training module shares; subclasses write ``training_step``.
 
-    - builds the policy (``self.policy``, ``self.tokenizer``) with :func:`build_policy`;
-    - AdamW over trainable parameters, with warmup then a constant/linear/cosine schedule;
+    - builds the policy (``self.policy``, ``self.tokenizer``) from ``PolicyConfig``;
+    - on a CPU device, hands it to the accel door (packed oneDNN weights for its frozen
+      linears); other devices get the plain model;
+    - AdamW over every trainable parameter, with warmup then a constant/linear/cosine schedule;
     - metrics: call ``self.track(name, sum, count)`` per micro-batch; the sums are reduced
       across micro-batches and ranks and logged ONCE per optimizer step (with ``grad_norm``,
       the pre-clipping norm, and ``learning_rate``), so accumulation and DDP do not skew them;
@@ -288,26 +340,33 @@ class PolicyModule(L.LightningModule):
     - at the end of fit, rank 0 writes the adapters (or full weights) as safetensors to
       ``<log_dir>/adapter``, beside the ``config.yaml`` that LightningCLI saves there;
     - ``check_finite(loss, batch_idx)`` stops the run with an error naming the step.
+
+    Subclasses call ``self._save_hparams()`` at the end of their ``__init__``.
     """
 
-    def __init__(self, model: str = "embedded", lora: LoraSpec | None = None, adapter: str | None = None,
-                 dtype: str = "float32", gradient_checkpointing: bool = False, load_in_4bit: bool = False,
-                 lr: float = 5e-5, weight_decay: float = 0.0, warmup_steps: int = 0, scheduler: str = "constant",
-                 save_adapter: bool = True):
+    def __init__(self, policy: PolicyConfig, optim: OptimConfig):
         super().__init__()
-        if scheduler not in SCHEDULERS:
-            raise ValueError(f"unknown scheduler {scheduler!r}; choose one of {SCHEDULERS}")
-        self.model_name = model
-        self.policy, self.tokenizer = build_policy(model, lora, dtype, gradient_checkpointing, adapter, load_in_4bit)
-        self.lr, self.weight_decay, self.warmup_steps, self.scheduler = lr, weight_decay, warmup_steps, scheduler
-        self.save_adapter_at_end = save_adapter
+        self.policy_config, self.optim = policy, optim
+        self.policy, self.tokenizer = build_policy(policy.model, policy.lora, policy.dtype,
+                                                   policy.gradient_checkpointing, policy.adapter, policy.load_in_4bit)
         self.strict_loading = False
         self._sums: dict[str, list[torch.Tensor]] = {}
 
-    def _save_hparams(self, lora: LoraSpec | None) -> None:
-        # dataclasses would need pickle to load; store plain JSON-able values
-        self.save_hyperparameters(ignore=["lora"])
-        self.hparams["lora"] = asdict(lora) if lora is not None else None
+    def _save_hparams(self) -> None:
+        # Dataclasses in a checkpoint would need pickle to load: store plain JSON-able values.
+        self.save_hyperparameters(ignore=["policy", "optim"])
+        self.hparams["policy"] = asdict(self.policy_config)
+        self.hparams["optim"] = asdict(self.optim)
+
+    def setup(self, stage: str) -> None:
+        # Lightning has chosen the device by now but not moved the model yet, so ask the strategy.
+        # Only a CPU policy is prepared: a CUDA user's linears stay plain nn.Linear.
+        if self.trainer.strategy.root_device.type == "cpu":
+            accel.prepare_training(self.policy)
+            # a ``reference: copy`` (DPO, online DPO, PPO) is a second full model, frozen: prepare it too
+            frozen_copy = getattr(getattr(self, "reference", None), "copy", None)
+            if frozen_copy is not None:
+                accel.prepare_training(frozen_copy)
 
     # -- metrics ---------------------------------------------------------------------------------
     def track(self, name: str, total: torch.Tensor | float, count: torch.Tensor | float) -> None:
@@ -319,6 +378,11 @@ class PolicyModule(L.LightningModule):
             self._sums[name][1] += count
         else:
             self._sums[name] = [total.clone(), count.clone()]
+
+    def track_means(self, values: dict[str, torch.Tensor]) -> None:
+        """Track per-example values (``[B]`` each) so each logs as its mean over the step's examples."""
+        for name, v in values.items():
+            self.track(name, v.detach().sum(), v.shape[0])
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         grads = [p.grad.detach().float().norm() for p in self.parameters() if p.grad is not None]
@@ -341,10 +405,15 @@ class PolicyModule(L.LightningModule):
 
     # -- optimisation ----------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
-        params = [p for p in self.policy.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
-        total = max(1, int(self.trainer.estimated_stepping_batches)) if self._trainer is not None else 1
-        warmup, kind = self.warmup_steps, self.scheduler
+        # every trainable parameter of the module: the policy's, and e.g. PPO's value head
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=self.optim.lr, weight_decay=self.optim.weight_decay)
+        warmup, kind = self.optim.warmup_steps, self.optim.scheduler
+        # Only a decay needs the run's length; asking for it makes the fit loop open the training
+        # stream early, which online objectives must avoid (their stream plays the epoch's rollout).
+        total = 1
+        if kind != "constant" and self._trainer is not None:
+            total = max(1, int(self.trainer.estimated_stepping_batches))
 
         def factor(step: int) -> float:
             if warmup and step < warmup:
@@ -373,7 +442,7 @@ class PolicyModule(L.LightningModule):
         root = Path(self.trainer.log_dir or self.trainer.default_root_dir)
         if self.trainer.world_size > 1:
             self._check_replicas(root)
-        if self.save_adapter_at_end and self.trainer.is_global_zero:
+        if self.policy_config.save_adapter and self.trainer.is_global_zero:
             save_adapter(self.policy, root / "adapter")
 
     def _check_replicas(self, root: Path) -> None:

@@ -6,6 +6,9 @@
   and reused in later epochs; ``cache_path`` keeps them on disk as JSON across runs.
 
 The reference always runs without gradient and with dropout off.
+
+``initial_model_generator`` is the same idea for text: the policy as it was before training, as
+a ``LocalGenerator`` (a judge or a baseline debater that costs no second copy with PEFT).
 """
 
 from __future__ import annotations
@@ -13,10 +16,12 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
+from debate_lightning.models.base import LocalGenerator
+from debate_lightning.models.hf import live_generator
 from debate_lightning.training.policy import PackedBatch, adapters_disabled, completion_logps, has_adapters
 
 ReferenceKind = Literal["adapter", "copy"]
@@ -69,7 +74,7 @@ class Reference(torch.nn.Module):
         self.hits += len(keys) - len(missing)
         self.misses += len(missing)
         if missing:
-            sub = _select(batch, missing)
+            sub = batch.rows(missing)
             for i, row in zip(missing, self._compute(sub).tolist()):
                 self.cache[keys[i]] = row
         device = batch.input_ids.device
@@ -83,6 +88,10 @@ class Reference(torch.nn.Module):
             tmp.replace(self.cache_path)
 
 
-def _select(batch: PackedBatch, rows: list[int]) -> PackedBatch:
-    idx = torch.tensor(rows, device=batch.input_ids.device)
-    return PackedBatch(**{k: v.index_select(0, idx) for k, v in batch.__dict__.items()})
+def initial_model_generator(policy: torch.nn.Module, tokenizer: Any, name: str,
+                            max_batch_size: int = 32) -> LocalGenerator:
+    """The policy as it was before training: adapters off (PEFT), else a frozen copy made now."""
+    if has_adapters(policy):
+        return live_generator(policy, tokenizer, name, max_batch_size, base_only=True)
+    frozen = copy.deepcopy(policy).eval().requires_grad_(False)
+    return live_generator(frozen, tokenizer, name, max_batch_size)

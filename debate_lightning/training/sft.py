@@ -12,40 +12,28 @@ from typing import Any, Literal
 import torch
 
 from debate_lightning.training.losses import completion_nll
-from debate_lightning.training.policy import LoraSpec, PolicyModule, completion_logps
+from debate_lightning.training.policy import OptimConfig, PolicyConfig, PolicyModule, completion_logps
 
 
 class SFTModule(PolicyModule):
     """Completion-only SFT of a (LoRA) policy.
 
     Args:
-        model, lora, adapter, dtype, gradient_checkpointing, load_in_4bit: the policy, as in
-            ``DPOModule``.
+        policy: the policy to train (model, LoRA, dtype, …; see ``PolicyConfig``).
+        optim: AdamW and its schedule, per optimizer step (see ``OptimConfig``).
         loss_reduction: ``token`` (every speech token weighs the same within a micro-batch) or
             ``sequence`` (every speech weighs the same; invariant to gradient accumulation).
-        lr, weight_decay, warmup_steps, scheduler: AdamW and its schedule.
-        save_adapter: write the adapters as safetensors beside the config at the end of fit.
     """
 
     def __init__(
         self,
-        model: str = "embedded",
-        lora: LoraSpec | None = LoraSpec(),
-        adapter: str | None = None,
-        dtype: str = "float32",
-        gradient_checkpointing: bool = False,
-        load_in_4bit: bool = False,
+        policy: PolicyConfig = PolicyConfig(),
+        optim: OptimConfig = OptimConfig(lr=1e-4),
         loss_reduction: Literal["token", "sequence"] = "token",
-        lr: float = 1e-4,
-        weight_decay: float = 0.0,
-        warmup_steps: int = 0,
-        scheduler: Literal["constant", "linear", "cosine"] = "constant",
-        save_adapter: bool = True,
     ):
-        super().__init__(model, lora, adapter, dtype, gradient_checkpointing, load_in_4bit, lr, weight_decay,
-                         warmup_steps, scheduler, save_adapter)
-        self._save_hparams(lora)
+        super().__init__(policy, optim)
         self.loss_reduction = loss_reduction
+        self._save_hparams()
 
     def _nll(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         packed = batch["packed"]

@@ -7,14 +7,15 @@ import math
 import lightning.pytorch as pl
 import pytest
 
+from debate_lightning.data.config import DataConfig
 from debate_lightning.debate.engine import RoundResult
 from debate_lightning.debate.formats import Format
-from debate_lightning.tournament.config import DataConfig
+from debate_lightning.models.hf import live_generator
 from debate_lightning.training.callbacks import JudgeEvaluation, TournamentValidation
-from debate_lightning.training.online_dpo import OnlineDPOModule
-from debate_lightning.training.policy import LoraSpec
-from debate_lightning.training.rollouts import BaseModelGenerator
+from debate_lightning.training.online.online_dpo import OnlineDPOModule
+from debate_lightning.training.policy import LoraSpec, OptimConfig, PolicyConfig, completion_ids, prompt_ids
 
+from .conftest import PROMPT
 from .test_online_dpo import logged, read_metrics, tiny_datamodule
 
 
@@ -50,7 +51,7 @@ def test_tournament_metrics_by_hand():
 
 def test_callbacks_log_during_training(tiny_model, tmp_path):
     pl.seed_everything(0)
-    module = OnlineDPOModule(model=tiny_model, lora=LoraSpec(r=4, alpha=8), lr=1e-2, save_adapter=False)
+    module = OnlineDPOModule(PolicyConfig(tiny_model, LoraSpec(r=4, alpha=8), save_adapter=False), OptimConfig(lr=1e-2))
     dm = tiny_datamodule(tiny_model, batch_size=2)
     judge_eval = JudgeEvaluation(questions=DataConfig(split="val", limit=1, both_orders=True), at_start=True)
     tournament = TournamentValidation(questions=DataConfig(split="val", limit=1, both_orders=False),
@@ -58,13 +59,19 @@ def test_callbacks_log_during_training(tiny_model, tmp_path):
     trainer = pl.Trainer(max_epochs=2, accelerator="cpu", logger=pl.loggers.CSVLogger(tmp_path, name="run"),
                          callbacks=[judge_eval, tournament], log_every_n_steps=1, enable_checkpointing=False,
                          enable_progress_bar=False)
+    tok = module.tokenizer
+    probe = ([prompt_ids(tok, PROMPT)], [completion_ids(tok, "the key was under the mat")])
+    before = live_generator(module.policy, tok, "probe").score_ids(*probe)[0]
     trainer.fit(module, dm)
 
     assert [h["epoch"] for h in judge_eval.history] == [0, 0, 1]  # at start, then after each epoch
     assert [h["judge/rounds"] for h in judge_eval.history] == [2, 2, 2]
     assert [h["epoch"] for h in tournament.history] == [1]  # every 2nd epoch
     assert tournament.history[0]["tournament/rounds"] == 2  # one question, policy on either side
-    assert isinstance(tournament._baseline, BaseModelGenerator)  # the initial model: adapters off
+    # the baseline is the initial model: the same module with its adapters off, not a second copy
+    assert tournament._baseline.model is module.policy
+    assert tournament._baseline.score_ids(*probe)[0] == pytest.approx(before, abs=1e-5)
+    assert live_generator(module.policy, tok, "probe").score_ids(*probe)[0] != pytest.approx(before, abs=1e-5)
     rows = read_metrics(trainer.log_dir)
     for key in ("judge/accuracy", "judge/prob_correct", "judge/ece", "tournament/win_rate",
                 "tournament/rating_diff", "tournament/judge_accuracy", "tournament/p_policy"):

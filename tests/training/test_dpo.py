@@ -15,7 +15,7 @@ import torch
 
 from debate_lightning.training.datamodules import PreferenceDataModule
 from debate_lightning.training.dpo import DPOModule
-from debate_lightning.training.policy import LoraSpec, build_policy, completion_logps, pack
+from debate_lightning.training.policy import LoraSpec, OptimConfig, PolicyConfig, build_policy, completion_logps, pack
 
 LORA = LoraSpec(r=4, alpha=8, target_modules=["q_proj", "v_proj"])
 ROOT = Path(__file__).resolve().parents[2]
@@ -62,7 +62,7 @@ def test_prefix_shared_logps_equal_unshared(tiny_model):
 
 
 def test_reference_is_policy_with_adapters_off(tiny_model, pairs_file):
-    module = DPOModule(model=tiny_model, lora=LORA)
+    module = DPOModule(PolicyConfig(tiny_model, LORA))
     _randomise_lora(module.policy)
     base, tok = build_policy(tiny_model, None)
     dm = PreferenceDataModule(train=pairs_file, batch_size=3, tokenizer=tiny_model)
@@ -74,7 +74,7 @@ def test_reference_is_policy_with_adapters_off(tiny_model, pairs_file):
         policy = completion_logps(module.policy, batch["packed"]).sum(-1)
     assert torch.allclose(ref, want, atol=1e-5)
     assert not torch.allclose(policy, want, atol=1e-3)  # the adapters are on outside the reference
-    cached = DPOModule(model=tiny_model, lora=LORA, reference_cache=True)
+    cached = DPOModule(PolicyConfig(tiny_model, LORA), reference_cache=True)
     keys = batch["keys"]
     first = cached.reference(batch["packed"], keys)
     again = cached.reference(batch["packed"], keys)
@@ -84,7 +84,7 @@ def test_reference_is_policy_with_adapters_off(tiny_model, pairs_file):
 def test_gradient_accumulation_invariance(tiny_model, pairs_file):
     def grads(batch_size: int) -> tuple[float, list[torch.Tensor]]:
         torch.manual_seed(0)
-        module = DPOModule(model=tiny_model, lora=LORA)
+        module = DPOModule(PolicyConfig(tiny_model, LORA))
         _randomise_lora(module.policy)
         dm = PreferenceDataModule(train=pairs_file, batch_size=batch_size, tokenizer=tiny_model, shuffle=False)
         dm.setup("fit")
@@ -108,7 +108,7 @@ def test_logged_metrics_once_per_optimizer_step(tiny_model, pairs_file, tmp_path
     for bs, acc in ((4, 1), (1, 4)):
         L.seed_everything(0)
         out = tmp_path / f"b{bs}"
-        module = DPOModule(model=tiny_model, lora=LORA, save_adapter=False)
+        module = DPOModule(PolicyConfig(tiny_model, LORA, save_adapter=False))
         _randomise_lora(module.policy)
         dm = PreferenceDataModule(train=pairs_file, batch_size=bs, shuffle=False)
         _trainer(out, max_steps=1, accumulate_grad_batches=acc).fit(module, dm)
@@ -122,7 +122,7 @@ def test_logged_metrics_once_per_optimizer_step(tiny_model, pairs_file, tmp_path
 
 def test_trainable_change_frozen_do_not_and_adapter_saved(tiny_model, pairs_file, tmp_path):
     L.seed_everything(0)
-    module = DPOModule(model=tiny_model, lora=LORA, lr=1e-2)
+    module = DPOModule(PolicyConfig(tiny_model, LORA), OptimConfig(lr=1e-2))
     before = {n: p.detach().clone() for n, p in module.named_parameters()}
     dm = PreferenceDataModule(train=pairs_file, batch_size=4)
     _trainer(tmp_path, max_steps=3).fit(module, dm)
@@ -139,13 +139,13 @@ def test_trainable_change_frozen_do_not_and_adapter_saved(tiny_model, pairs_file
 
 
 def test_nan_loss_stops_naming_the_step(tiny_model, pairs_file, tmp_path, monkeypatch):
-    module = DPOModule(model=tiny_model, lora=LORA, save_adapter=False)
+    module = DPOModule(PolicyConfig(tiny_model, LORA, save_adapter=False))
     real = module.forward_pairs
 
     def poisoned(batch):
         out = real(batch)
         if module.global_step == 1:
-            out["losses"] = out["losses"] * float("nan")
+            out["loss"] = out["loss"] * float("nan")
         return out
 
     monkeypatch.setattr(module, "forward_pairs", poisoned)
@@ -165,13 +165,15 @@ class _Preempt(L.Callback):
             raise RuntimeError("preempted")
 
 
-def test_resume_reproduces_uninterrupted_run(tiny_model, tmp_path, make_pairs):
+# a decaying schedule asks the trainer for the run's length up front; a constant one does not
+@pytest.mark.parametrize("scheduler", ["linear", "constant"])
+def test_resume_reproduces_uninterrupted_run(scheduler, tiny_model, tmp_path, make_pairs):
     pairs = make_pairs(tmp_path / "p.jsonl", n=8)
 
     def run(out, ckpt_path=None, preempt=None):
         L.seed_everything(0)
-        module = DPOModule(model=tiny_model, lora=LoraSpec(r=4, alpha=8, dropout=0.1), lr=1e-2, save_adapter=False,
-                           warmup_steps=2, scheduler="linear")
+        module = DPOModule(PolicyConfig(tiny_model, LoraSpec(r=4, alpha=8, dropout=0.1), save_adapter=False),
+                           OptimConfig(lr=1e-2, warmup_steps=2, scheduler=scheduler))
         dm = PreferenceDataModule(train=pairs, batch_size=2)  # 4 batches per epoch, shuffled per epoch
         ckpt = L.pytorch.callbacks.ModelCheckpoint(dirpath=out / "ckpt", save_last=True, every_n_train_steps=1)
         callbacks = [ckpt] + ([_Preempt(preempt)] if preempt else [])
@@ -199,10 +201,11 @@ def test_ddp_two_cpu_ranks_end_identical(tiny_model, tmp_path, make_pairs):
     pairs = make_pairs(tmp_path / "p.jsonl", n=8)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
     cmd = [sys.executable, "-m", "debate_lightning", "fit", "--config", str(ROOT / "configs" / "dpo.yaml"),
-           f"--model.init_args.model={tiny_model}", "--model.init_args.lora.r=4", "--model.init_args.lr=1e-2",
+           f"--model.init_args.policy.model={tiny_model}", "--model.init_args.policy.lora.r=4",
+           "--model.init_args.optim.lr=1e-2",
            f"--data.init_args.train={pairs}", "--data.init_args.batch_size=2",
            "--trainer.strategy=ddp", "--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.max_steps=2",
-           f"--trainer.default_root_dir={tmp_path}", f"--trainer.logger.init_args.save_dir={tmp_path}",
+           f"--trainer.default_root_dir={tmp_path}",
            "--trainer.callbacks=[]", "--trainer.enable_progress_bar=false"]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -216,21 +219,21 @@ def test_ddp_two_cpu_ranks_end_identical(tiny_model, tmp_path, make_pairs):
 
 def test_full_finetune_keeps_a_frozen_reference_copy(tiny_model, pairs_file, tmp_path):
     L.seed_everything(0)
-    module = DPOModule(model=tiny_model, lora=None, reference="copy", lr=1e-3, save_adapter=False)
+    module = DPOModule(PolicyConfig(tiny_model, None, save_adapter=False), OptimConfig(lr=1e-3), reference="copy")
     ref_before = {n: p.detach().clone() for n, p in module.reference.named_parameters()}
     policy_before = {n: p.detach().clone() for n, p in module.policy.named_parameters()}
     _trainer(tmp_path, max_steps=1).fit(module, PreferenceDataModule(train=pairs_file, batch_size=2))
     assert all(torch.equal(ref_before[n], p) for n, p in module.reference.named_parameters())
     assert any(not torch.equal(policy_before[n], p) for n, p in module.policy.named_parameters())
     with pytest.raises(ValueError, match="needs a PEFT policy"):
-        DPOModule(model=tiny_model, lora=None, reference="adapter")
+        DPOModule(PolicyConfig(tiny_model, None), reference="adapter")
 
 
 def test_gradient_checkpointing_gives_the_same_gradients(tiny_model, pairs_file):
     grads = []
     for checkpointing in (False, True):
         torch.manual_seed(0)  # same LoRA A init
-        module = DPOModule(model=tiny_model, lora=LORA, gradient_checkpointing=checkpointing)
+        module = DPOModule(PolicyConfig(tiny_model, LORA, gradient_checkpointing=checkpointing))
         _randomise_lora(module.policy)
         dm = PreferenceDataModule(train=pairs_file, batch_size=4, tokenizer=tiny_model, shuffle=False)
         dm.setup("fit")

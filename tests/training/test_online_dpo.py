@@ -11,10 +11,10 @@ import torch
 
 from debate_lightning.models.base import SamplingParams
 from debate_lightning.models.registry import ModelSpec
-from debate_lightning.tournament.config import DataConfig
-from debate_lightning.training.online_dpo import OnlineDPOModule
-from debate_lightning.training.policy import LoraSpec, completion_ids, prompt_ids
-from debate_lightning.training.rollouts import DebateRolloutDataModule
+from debate_lightning.data.config import DataConfig
+from debate_lightning.training.online.datamodule import DebateRolloutDataModule
+from debate_lightning.training.online.online_dpo import OnlineDPOModule
+from debate_lightning.training.policy import LoraSpec, OptimConfig, PolicyConfig, completion_ids, prompt_ids
 
 from .conftest import PROMPT
 
@@ -56,7 +56,7 @@ def tiny_datamodule(tiny_model: str, num_candidates: int = 2, **kwargs) -> Debat
 
 def test_online_dpo_two_epochs(tiny_model, tmp_path):
     pl.seed_everything(0)
-    module = OnlineDPOModule(model=tiny_model, lora=LoraSpec(r=4, alpha=8), beta=[0.1, 0.2], lr=1e-2,
+    module = OnlineDPOModule(PolicyConfig(tiny_model, LoraSpec(r=4, alpha=8)), OptimConfig(lr=1e-2), beta=[0.1, 0.2],
                              missing_eos_penalty=0.1)
     dm = tiny_datamodule(tiny_model, batch_size=2)
     seen = probe_rollouts(dm)
@@ -94,8 +94,8 @@ def test_consultancy_rollouts_train(tiny_model, tmp_path):
     from debate_lightning.debate.formats import Format
 
     pl.seed_everything(0)
-    module = OnlineDPOModule(model=tiny_model, lora=LoraSpec(r=4, alpha=8), lr=1e-2, opening_only=True,
-                             save_adapter=False)
+    module = OnlineDPOModule(PolicyConfig(tiny_model, LoraSpec(r=4, alpha=8), save_adapter=False),
+                             OptimConfig(lr=1e-2), opening_only=True)
     dm = tiny_datamodule(tiny_model, batch_size=2, format=Format(kind="consultancy", num_speeches=2))
     seen = probe_rollouts(dm)
     trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
@@ -116,8 +116,14 @@ def test_bad_beta():
         OnlineDPOModule(beta=[0.1, -1.0])
 
 
+def test_online_objectives_have_no_decay_schedule():
+    # a rollout run has no known length; checked before any model is loaded
+    with pytest.raises(ValueError, match="optim.scheduler"):
+        OnlineDPOModule(optim=OptimConfig(scheduler="cosine"))
+
+
 def test_needs_two_candidates(tiny_model):
-    module = OnlineDPOModule(model=tiny_model, lora=LoraSpec(r=4, alpha=8), save_adapter=False)
+    module = OnlineDPOModule(PolicyConfig(tiny_model, LoraSpec(r=4, alpha=8), save_adapter=False))
     trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False)
     with pytest.raises(ValueError, match="num_candidates >= 2"):

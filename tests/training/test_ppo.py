@@ -6,8 +6,8 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
-from debate_lightning.training.policy import LoraSpec, pack
-from debate_lightning.training.ppo import PPOModule, response_forward
+from debate_lightning.training.online.ppo import PPOModule, response_forward
+from debate_lightning.training.policy import LoraSpec, OptimConfig, PolicyConfig, pack
 
 from .test_online_dpo import logged, probe_rollouts, read_metrics, tiny_datamodule
 
@@ -19,8 +19,8 @@ TRL_METRICS = ("objective/kl", "objective/entropy", "objective/scores", "objecti
 
 def test_ppo_two_epochs(tiny_model, tmp_path):
     pl.seed_everything(0)
-    module = PPOModule(model=tiny_model, lora=LoraSpec(r=4, alpha=8), lr=1e-2, ppo_epochs=2, minibatch_size=2,
-                       kl_estimator="k3", correctness_weight=0.1)
+    module = PPOModule(PolicyConfig(tiny_model, LoraSpec(r=4, alpha=8)), OptimConfig(lr=1e-2, warmup_steps=8),
+                       ppo_epochs=2, minibatch_size=2, kl_estimator="k3", correctness_weight=0.1)
     dm = tiny_datamodule(tiny_model, num_candidates=1, batch_size=4)
     seen = probe_rollouts(dm)
     before = {n: p.detach().clone() for n, p in module.named_parameters() if p.requires_grad}
@@ -41,12 +41,14 @@ def test_ppo_two_epochs(tiny_model, tmp_path):
     for key in (*TRL_METRICS, "grad_norm", "rollout/judge_accuracy", "time/rollout_s", "time/train_s"):
         assert logged(rows, key), key
     assert all(v >= 0 for v in logged(rows, "objective/kl"))  # k3 never negative
+    # the warmup advances per optimizer step under manual optimisation: 4 of 8 steps, then all 8
+    assert logged(rows, "learning_rate") == pytest.approx([5e-3, 1e-2])
     assert all(0 <= v <= 1 for v in logged(rows, "objective/scores"))
 
 
 def test_first_pass_is_on_policy(tiny_model):
     # the first minibatch of the first PPO epoch sees ratio 1: the old log-probs are the policy's own
-    module = PPOModule(model=tiny_model, lora=LoraSpec(r=4, alpha=8))
+    module = PPOModule(PolicyConfig(tiny_model, LoraSpec(r=4, alpha=8)))
     tok = module.tokenizer
     batch = pack([[1, 2, 3], [4, 5]], [[[6, 7, tok.eos_token_id]], [[8]]], tok.pad_token_id)
     logp, values, entropy = response_forward(module.policy, batch, module.value_head, temperature=0.7)

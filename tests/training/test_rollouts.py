@@ -13,19 +13,13 @@ from debate_lightning.debate.engine import RoundResult
 from debate_lightning.debate.formats import Format
 from debate_lightning.models.base import SamplingParams
 from debate_lightning.models.registry import ModelSpec
-from debate_lightning.tournament.config import DataConfig
-from debate_lightning.training.policy import LoraSpec, build_policy, prompt_ids
-from debate_lightning.training.rollouts import (
-    BaseModelGenerator,
-    Candidate,
-    DebateRolloutDataModule,
-    PolicyGenerator,
-    Rollout,
-    SpeechSample,
-    play_rollout,
-    preference_pairs,
-    trajectories,
-)
+from debate_lightning.data.config import DataConfig
+from debate_lightning.models.hf import live_generator
+from debate_lightning.training.online.datamodule import DebateRolloutDataModule
+from debate_lightning.training.online.debater import play_rollout
+from debate_lightning.training.online.online_dpo import OnlineDPOModule
+from debate_lightning.training.online.records import Candidate, Rollout, SpeechSample, preference_pairs, trajectories
+from debate_lightning.training.policy import LoraSpec, OptimConfig, PolicyConfig, build_policy, prompt_ids
 
 TINY_SAMPLING = SamplingParams(max_new_tokens=4, temperature=1.0)
 
@@ -89,8 +83,8 @@ def tiny_policy(tiny_model):
 
 def test_play_rollout_records_what_the_policy_sampled(tiny_model, tiny_policy):
     policy, tok = tiny_policy
-    gen = PolicyGenerator(model=policy, tokenizer=tok, name="policy")
-    judge = Judge(BaseModelGenerator(model=policy, tokenizer=tok, name="judge"), both_orders=False)
+    gen = live_generator(policy, tok, "policy")
+    judge = Judge(live_generator(policy, tok, "judge", base_only=True), both_orders=False)
     questions = load_questions("synthetic", split="train", limit=2)
     torch.manual_seed(0)
     rollout = play_rollout(questions, Format(num_speeches=1), gen, judge, TINY_SAMPLING, num_candidates=3)
@@ -141,10 +135,8 @@ def test_state_dict_round_trip_and_bad_options():
 
 
 def _fit(tiny_model, tmp_path, max_epochs, ckpt_path=None):
-    from debate_lightning.training.online_dpo import OnlineDPOModule
-
     pl.seed_everything(0)
-    module = OnlineDPOModule(model=tiny_model, lora=LoraSpec(r=4, alpha=8), lr=1e-2, save_adapter=False)
+    module = OnlineDPOModule(PolicyConfig(tiny_model, LoraSpec(r=4, alpha=8), save_adapter=False), OptimConfig(lr=1e-2))
     dm = DebateRolloutDataModule(questions=DataConfig(split="train", limit=8, both_orders=False),
                                  rounds_per_epoch=2, num_candidates=2, sampling=TINY_SAMPLING,
                                  judge=ModelSpec(path=tiny_model, dtype="float32"), judge_both_orders=False,
@@ -183,9 +175,7 @@ def test_resume_replays_the_same_rollouts(tiny_model, tmp_path):
 def test_any_generator_can_judge(tiny_model, tmp_path):
     # an API-style judge (here a scripted one) instead of a local model; examples still come out
     from debate_lightning.models.scripted import RandomGenerator
-    from debate_lightning.training.online_dpo import OnlineDPOModule
-
-    module = OnlineDPOModule(model=tiny_model, lora=LoraSpec(r=4, alpha=8), save_adapter=False)
+    module = OnlineDPOModule(PolicyConfig(tiny_model, LoraSpec(r=4, alpha=8), save_adapter=False))
     dm = DebateRolloutDataModule(questions=DataConfig(split="train", limit=4, both_orders=False),
                                  rounds_per_epoch=2, num_candidates=2, sampling=TINY_SAMPLING,
                                  judge_generator=RandomGenerator(seed=1), batch_size=2)

@@ -14,7 +14,7 @@ from debate_lightning.data.synthetic import generate
 from debate_lightning.debate.formats import Format
 from debate_lightning.debate.transcript import Speech
 from debate_lightning.training.datamodules import SFTDataModule, sft_rows_from_human_debates, sft_rows_from_results
-from debate_lightning.training.policy import LoraSpec
+from debate_lightning.training.policy import LoraSpec, OptimConfig, PolicyConfig
 from debate_lightning.training.sft import SFTModule
 
 
@@ -74,7 +74,7 @@ def test_rows_from_human_debates(tmp_path):
 
 def test_sft_fit_moves_loss_and_masks_prompt(tiny_model, results_dir, tmp_path):
     L.seed_everything(0)
-    module = SFTModule(model=tiny_model, lora=LoraSpec(r=4, alpha=8), lr=1e-2)
+    module = SFTModule(PolicyConfig(tiny_model, LoraSpec(r=4, alpha=8)), OptimConfig(lr=1e-2))
     dm = SFTDataModule(results=[str(results_dir)], batch_size=3, shuffle=False)
     trainer = L.Trainer(accelerator="cpu", max_steps=4, default_root_dir=tmp_path, enable_progress_bar=False,
                         logger=L.pytorch.loggers.CSVLogger(tmp_path, name="", version="v"), log_every_n_steps=1,

@@ -1,0 +1,221 @@
+"""``DebateRolloutDataModule``: debates with the LIVE policy, played at the start of every epoch.
+
+Online objectives close the loop: their training data is whatever the current policy says in
+debates, judged by a frozen judge. The DataModule plays ``rounds_per_epoch`` rounds through the
+batched engine (one generate call per turn for every round in flight) with the LightningModule's
+own model, live adapters and all (``debater.play_rollout``), and hands the ``Rollout`` to the
+module's ``rollout_examples(rollout)`` (the ``OnlineObjectiveModule`` contract, ``base.py``).
+
+A training module works with this DataModule when it has ``policy`` (the causal LM),
+``tokenizer`` and ``rollout_examples(rollout) -> list[dict]``.
+
+Randomness is counter-based: epoch ``e`` draws its questions, side orders and sampling seed from
+``(seed, e)`` alone, in a forked torch RNG that leaves the training RNG untouched. So a run
+resumed from a checkpoint (``state_dict`` holds the seed and the epoch) plays exactly the rounds
+the uninterrupted run would have played with the same weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+import time
+import warnings
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+from torch.utils.data import DataLoader, IterableDataset
+
+from debate_lightning.data.config import DataConfig
+from debate_lightning.data.question import Question, stable_id
+from debate_lightning.debate.agents import Judge
+from debate_lightning.debate.formats import Format
+from debate_lightning.models.base import Generator, LocalGenerator, SamplingParams
+from debate_lightning.models.hf import live_generator
+from debate_lightning.models.registry import ModelSpec, build_generator
+from debate_lightning.training.online.debater import POLICY, play_rollout
+from debate_lightning.training.online.records import Rollout
+from debate_lightning.training.reference import initial_model_generator
+
+
+class _EpochStream(IterableDataset):
+    """Plays the epoch's rollout when iterated (once per epoch) and yields its examples shuffled."""
+
+    def __init__(self, datamodule: DebateRolloutDataModule):
+        self.dm = datamodule
+
+    def __iter__(self):
+        examples = self.dm.next_examples()
+        yield from examples
+
+
+class DebateRolloutDataModule(pl.LightningDataModule):
+    """Fresh debate rounds from the current policy at the start of every training epoch.
+
+    Args:
+        questions: where the questions come from (``split: train``); every epoch samples
+            ``rounds_per_epoch`` of them, each in a random side order.
+        format: the round format (``debate``, ``consultancy``, …). For consultancy the
+            consultant's side is drawn per round, so it argues for the wrong answer half the time.
+        rounds_per_epoch: rounds played per epoch (all in flight together: one batched call per turn).
+        num_candidates: speeches sampled per turn. With 2 or more, the judge scores each and the
+            best continues the round; online DPO needs at least 2, PPO usually uses 1.
+        sampling: sampling parameters of the policy's speeches (``stop`` is not supported).
+        judge: the frozen judge model (default: the embedded model in float32).
+        judge_from_policy: judge with the policy's own base weights (adapters off) instead of
+            loading ``judge``: the same frozen model at no extra memory.
+        judge_both_orders: judge every transcript in both answer orders (cancels position bias).
+        judge_generator: any ``Generator`` as judge (overrides ``judge``; e.g. an API model).
+        batch_size: examples per training step (pairs for DPO; trajectories for PPO's rollout batch).
+        max_batch_size: most sequences per generate/score call.
+        seed: rollout seed; epoch e uses (seed, e).
+    """
+
+    def __init__(
+        self,
+        questions: DataConfig = DataConfig(split="train", limit=None, both_orders=False),
+        format: Format = Format(kind="debate", num_speeches=1),
+        rounds_per_epoch: int = 8,
+        num_candidates: int = 2,
+        sampling: SamplingParams = SamplingParams(max_new_tokens=48, temperature=1.0),
+        judge: ModelSpec = ModelSpec(path="embedded", dtype="float32"),
+        judge_from_policy: bool = False,
+        judge_both_orders: bool = True,
+        judge_generator: Generator | None = None,
+        batch_size: int = 4,
+        max_batch_size: int = 32,
+        seed: int = 0,
+    ):
+        super().__init__()
+        if rounds_per_epoch < 1:
+            raise ValueError(f"rounds_per_epoch must be >= 1, got {rounds_per_epoch}")
+        if num_candidates < 1:
+            raise ValueError(f"num_candidates must be >= 1, got {num_candidates}")
+        if sampling.stop:
+            raise ValueError("sampling.stop is not supported in rollouts: training needs the exact sampled tokens")
+        self.questions_config, self.format = questions, format
+        self.rounds_per_epoch, self.num_candidates = rounds_per_epoch, num_candidates
+        self.sampling, self.judge_spec = sampling, judge
+        self.judge_from_policy, self.judge_both_orders = judge_from_policy, judge_both_orders
+        self.batch_size, self.max_batch_size, self.seed = batch_size, max_batch_size, seed
+        self._judge_generator = judge_generator
+        self._pool: list[Question] | None = None
+        self.epoch = 0  # the next epoch to play
+        self.last_rollout: Rollout | None = None
+        self.last_examples: list[dict[str, Any]] = []
+        self.rollout_end: float | None = None
+        self.history: list[dict[str, float]] = []  # per-epoch rollout stats
+
+    # -- pieces -------------------------------------------------------------------------------
+    def pool(self) -> list[Question]:
+        if self._pool is None:
+            d = self.questions_config
+            self._pool = d.load()
+            if not self._pool:
+                raise ValueError(f"questions: source {d.source!r} split {d.split!r} gave no questions")
+        return self._pool
+
+    def judge(self, module: pl.LightningModule) -> Judge:
+        if self._judge_generator is None:
+            if self.judge_from_policy:
+                self._judge_generator = initial_model_generator(module.policy, module.tokenizer, "judge",
+                                                                self.max_batch_size)
+            else:
+                self._judge_generator = build_generator(self.judge_spec, name="judge")
+        return Judge(self._judge_generator, both_orders=self.judge_both_orders, name="judge")
+
+    def policy_generator(self, module: pl.LightningModule) -> LocalGenerator:
+        """The module's live policy as a generator (its caches last one call: weights change between)."""
+        return live_generator(module.policy, module.tokenizer, POLICY, self.max_batch_size)
+
+    def epoch_plan(self, epoch: int) -> tuple[list[Question], list[Format], int]:
+        """The questions, formats and sampling seed of ``epoch``: a function of (seed, epoch) only."""
+        rng = random.Random(stable_id("rollout", self.seed, epoch))
+        pool = self.pool()
+        if self.rounds_per_epoch <= len(pool):
+            picked = rng.sample(pool, self.rounds_per_epoch)
+        else:
+            picked = [rng.choice(pool) for _ in range(self.rounds_per_epoch)]
+        questions = [q.swapped() if rng.random() < 0.5 else q for q in picked]
+        fmts = [dataclasses.replace(self.format, consultant_side=rng.randrange(2))
+                if self.format.kind == "consultancy" else self.format for _ in questions]
+        return questions, fmts, rng.randrange(2**31)
+
+    def play(self, module: pl.LightningModule, epoch: int) -> Rollout:
+        """Play ``epoch``'s rounds with ``module.policy`` (no grad, dropout off)."""
+        questions, fmts, sample_seed = self.epoch_plan(epoch)
+        with torch.random.fork_rng(devices=[]):  # rollouts neither use nor move the training RNG
+            torch.manual_seed(sample_seed)
+            rollout = play_rollout(questions, fmts, self.policy_generator(module), self.judge(module),
+                                   dataclasses.replace(self.sampling, seed=None), self.num_candidates, epoch, self.seed)
+        rollout.seed = sample_seed
+        return rollout
+
+    def next_examples(self) -> list[dict[str, Any]]:
+        """Play this epoch's rollout and return the module's examples, shuffled."""
+        trainer = self.trainer
+        if trainer is None:
+            raise RuntimeError("DebateRolloutDataModule needs a Trainer: it plays with trainer.lightning_module")
+        module = trainer.lightning_module
+        if trainer.world_size > 1:
+            # Ranks would play identical rounds, and a rank with fewer examples would hang DDP.
+            raise NotImplementedError("DebateRolloutDataModule runs on one process for now (devices: 1); "
+                                      "multi-process rollouts need per-rank questions and equal batch counts")
+        for attr in ("policy", "tokenizer", "rollout_examples"):
+            if not hasattr(module, attr):
+                raise TypeError(f"{type(module).__name__} cannot train from rollouts: it has no {attr!r} "
+                                "(use OnlineDPOModule or PPOModule)")
+        # The fit loop creates the epoch's iterator before it updates ``current_epoch`` on a
+        # resume; the count of processed epochs is right both then and in a fresh run.
+        epoch = trainer.fit_loop.epoch_progress.current.processed
+        rollout = self.play(module, epoch)
+        examples = module.rollout_examples(rollout)
+        random.Random(stable_id("shuffle", self.seed, epoch)).shuffle(examples)
+        self.last_rollout, self.last_examples, self.epoch = rollout, examples, epoch + 1
+        self.rollout_end = time.perf_counter()
+        stats = {**rollout.stats(), "rollout/examples": float(len(examples)), "epoch": float(epoch)}
+        self.history.append(stats)
+        rank_zero_info(f"epoch {epoch} rollout: {len(rollout.results)} rounds, {len(rollout.samples)} speeches, "
+                       f"{len(examples)} examples, judge accuracy {stats['rollout/judge_accuracy']:.2f}, "
+                       f"{rollout.seconds:.1f} s")
+        if not examples:
+            warnings.warn(f"epoch {epoch}: the rollout gave no training examples (ties, no verdicts, or "
+                          "num_candidates < 2 for preference pairs); the epoch trains on nothing")
+        return examples
+
+    def epoch_metrics(self, train_end: float | None = None) -> dict[str, float]:
+        """Rollout stats of this epoch plus ``time/rollout_s`` and ``time/train_s``.
+
+        ``train_end`` is when the epoch's last training step ended (default: now); evaluation
+        callbacks that run after it are not training time.
+        """
+        if self.last_rollout is None:
+            return {}
+        out = {k: v for k, v in self.history[-1].items() if k != "epoch" and not math.isnan(v)}
+        out["time/rollout_s"] = self.last_rollout.seconds
+        start = self.rollout_end or time.perf_counter()
+        end = train_end if train_end is not None and train_end >= start else time.perf_counter()
+        out["time/train_s"] = end - start
+        return out
+
+    # -- Lightning ----------------------------------------------------------------------------
+    def train_dataloader(self) -> DataLoader:
+        # num_workers must be 0: the stream plays debates with the model in this process.
+        return DataLoader(_EpochStream(self), batch_size=self.batch_size, collate_fn=list, num_workers=0)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"seed": self.seed, "epoch": self.epoch}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("seed", self.seed) != self.seed:
+            warnings.warn(f"rollout seed {self.seed} differs from the checkpoint's {state['seed']}; "
+                          "resuming with the checkpoint's seed")
+        self.seed, self.epoch = int(state.get("seed", self.seed)), int(state.get("epoch", 0))
+        if self.last_rollout is not None and self.last_rollout.epoch != self.epoch:
+            warnings.warn(f"a rollout (epoch {self.last_rollout.epoch}) was played before the checkpoint was "
+                          f"restored (epoch {self.epoch} is next): something asked the trainer for the number "
+                          "of training batches early (e.g. a scheduler using estimated_stepping_batches), so "
+                          "the resumed run will not replay the uninterrupted one exactly")
