@@ -57,10 +57,10 @@ def _tiny_pair() -> tuple[torch.nn.Module, torch.nn.Module]:
     config = LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
                          bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=True)
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]):  # the check must not move the caller's RNG
         torch.manual_seed(0)
         stock = LlamaForCausalLM(config).eval().requires_grad_(False)
-    twin = LlamaForCausalLM(LlamaConfig(**config.to_dict())).eval().requires_grad_(False)
+        twin = LlamaForCausalLM(LlamaConfig(**config.to_dict())).eval().requires_grad_(False)
     twin.load_state_dict(stock.state_dict())
     return stock, twin
 

@@ -45,11 +45,11 @@ def _dpo_step(tiny_model_dir, tmp_path, monkeypatch, switch: str) -> tuple[float
 
     from debate_lightning.training.datamodules import PreferenceDataModule
     from debate_lightning.training.dpo import DPOModule
-    from debate_lightning.training.policy import LoraSpec
+    from debate_lightning.training.policy import LoraSpec, OptimConfig, PolicyConfig
 
     monkeypatch.setenv("DEBATE_LIGHTNING_ACCEL", switch)
     torch.manual_seed(0)
-    module = DPOModule(model=str(tiny_model_dir), lora=LoraSpec(r=4, alpha=8), lr=1e-2, save_adapter=False)
+    module = DPOModule(PolicyConfig(str(tiny_model_dir), LoraSpec(r=4, alpha=8), save_adapter=False), OptimConfig(lr=1e-2))
     for n, p in module.policy.named_parameters():
         if "lora_B" in n:  # B starts at zero; make the adapters matter
             p.data.normal_(0, 0.5, generator=torch.Generator().manual_seed(1))

@@ -87,7 +87,10 @@ def test_packed_matmul_and_switch_off(monkeypatch):
 def test_lora_policy_packs_its_frozen_base(tiny_model_dir):
     from debate_lightning.training.policy import LoraSpec, build_policy
 
+    from debate_lightning import accel
+
     policy, _ = build_policy(str(tiny_model_dir), lora=LoraSpec(r=2, alpha=4, target_modules=["q_proj", "v_proj"]))
+    accel.prepare_training(policy)  # what PolicyModule.setup does on a CPU
     kinds = {name: type(m).__name__ for name, m in policy.named_modules() if isinstance(m, torch.nn.Linear)}
     assert kinds["base_model.model.model.layers.0.self_attn.q_proj.base_layer"] == "PackedLinear"
     assert kinds["base_model.model.model.layers.0.mlp.down_proj"] == "PackedLinear"
