@@ -70,7 +70,8 @@ def load_model_and_tokenizer(
         source, gguf_file = Path(source).parent, Path(source).name
     if gguf_file is not None:
         kwargs["gguf_file"] = gguf_file
-    if isinstance(source, Path) and not source.exists():
+    local = isinstance(source, Path) or str(source).startswith(("/", ".", "~")) or str(source).count("/") > 1
+    if local and not Path(source).expanduser().exists():  # a hub id is "name" or "org/name"
         raise FileNotFoundError(f"model directory {source} does not exist")
     tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
     model = AutoModelForCausalLM.from_pretrained(source, dtype=parse_dtype(dtype), **kwargs)

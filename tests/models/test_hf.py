@@ -262,3 +262,9 @@ def test_prefix_cache_bounds_are_checked(tiny_generator):
         with pytest.raises(ValueError, match="prefix_cache_size must be >= 1 and prefix_cache_gb > 0"):
             HFGenerator(model=tiny_generator.model, tokenizer=tiny_generator.tokenizer, **bad)
     HFGenerator(model=tiny_generator.model, tokenizer=tiny_generator.tokenizer, prefix_cache=False, prefix_cache_size=0)
+
+
+def test_a_missing_local_model_path_is_named_not_taken_for_a_hub_id(tmp_path):
+    for missing in (tmp_path / "no-such-model", "./no-such-model", "a/b/c"):
+        with pytest.raises(FileNotFoundError, match="no-such-model|a/b/c"):
+            HFGenerator(path=str(missing), dtype="float32")
