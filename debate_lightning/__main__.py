@@ -18,6 +18,7 @@ COMMANDS = {
     "report": "debate_lightning.tournament.cli:report_main",
     "merge": "debate_lightning.tournament.cli:merge_main",
     "rejudge": "debate_lightning.tournament.cli:rejudge_main",
+    "activations": "debate_lightning.tournament.activations:activations_main",
     "serve": "debate_lightning.serve:serve_main",
 }
 

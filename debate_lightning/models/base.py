@@ -11,7 +11,10 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
 
 Chat = list[dict[str, str]]
 
@@ -144,8 +147,44 @@ class LocalGenerator(Generator):
         """The ``top_k`` most likely next tokens after each prompt, best first (raw model log-probs)."""
 
     @abstractmethod
+    def hidden_states(self, prompts: Sequence[Sequence[int]], layers: Sequence[int]) -> torch.Tensor:
+        """The hidden states at the LAST position of each prompt: a float32 CPU tensor
+        [len(prompts), len(layers), hidden_size], from one batched forward per chunk (no grad, no
+        generation). ``layers`` index ``outputs.hidden_states`` (``num_layers + 1`` entries: 0 the
+        embeddings, -1 the last layer after the final norm); out of range is a ValueError naming
+        the model's layer count. For a judge chat rendered by ``chat_ids`` the last position is
+        where the verdict letter would be emitted (the probe judges read it there)."""
+
+    @property
+    def num_layers(self) -> int:
+        """Decoder layers of ``model`` (``hidden_states`` indexes ``num_layers + 1`` states)."""
+        return int(_text_config(self.model).num_hidden_layers)
+
+    @property
+    def hidden_size(self) -> int:
+        return int(_text_config(self.model).hidden_size)
+
+    @abstractmethod
     def clear_cache(self) -> None:
         """Forget every cached prefix (after the weights changed)."""
+
+
+def _text_config(model: Any) -> Any:
+    """The language model's config (a multimodal config keeps it in ``text_config``)."""
+    config = model.config
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
+def layer_indices(layers: Sequence[int], num_layers: int) -> list[int]:
+    """``layers`` as non-negative indices into ``num_layers + 1`` hidden states (negative ones count
+    from the top: -1 is the last layer); one out of range is a ValueError naming the layer count."""
+    states = num_layers + 1
+    bad = [layer for layer in layers if not -states <= layer < states]
+    if bad or not layers:
+        raise ValueError(f"layers {list(layers)}: the model has {num_layers} layers, so a layer index is one of "
+                         f"-{states}..{num_layers} (0 = the embeddings, -1 = the last layer)"
+                         + ("" if layers else "; give at least one"))
+    return [layer % states for layer in layers]
 
 
 def normalize(logprobs: Sequence[float]) -> list[float]:

@@ -21,7 +21,7 @@ import torch
 
 from debate_lightning import accel
 from debate_lightning.models import chat as chat_tokens
-from debate_lightning.models.base import Chat, Generation, LocalGenerator, SamplingParams, TopLogprobs
+from debate_lightning.models.base import Chat, Generation, LocalGenerator, SamplingParams, TopLogprobs, layer_indices
 from debate_lightning.models.embedded import EMBEDDED
 from debate_lightning.models.kv import (KV, PrefixCache, cache_kwarg, cache_of, common_prefix, kv_of, left_pad,
                                         length_groups, merge_prefills, positions_from_mask, prefixed_batch,
@@ -57,12 +57,11 @@ class HFGenerator(LocalGenerator):
         if self.accel and not self.live_model:
             accel.prepare_inference(model, options.packed_linear, options.fused_modules, options.prefix_cache)
         self.max_batch_size = max_batch_size
+        self.path = None if self.live_model else path  # the model as a config gives it (a probe checks it)
         self.name = name or (Path(path).name if path != EMBEDDED else "smollm2-135m")
         self.eos_ids = self._eos_ids()
-        self.stats = {
-            "generate_calls": 0, "generated_sequences": 0, "forward_batches": 0,
-            "prefix_hits": 0, "prefix_misses": 0, "reused_tokens": 0,
-        }  # fmt: skip
+        self.stats = dict.fromkeys(("generate_calls", "generated_sequences", "forward_batches", "prefix_hits",
+                                    "prefix_misses", "reused_tokens"), 0)
         self.prefixes = PrefixCache(options.prefix_cache_size, int(options.prefix_cache_gb * 2**30)) if options.prefix_cache else None
         self.lean_decode = self.accel and options.lean_decode and accel.decoder_unsupported(self.model) is None
         self._decoder: accel.FastDecoder | None = None
@@ -359,14 +358,25 @@ class HFGenerator(LocalGenerator):
                 out[i] = [float(last[0, t]) for t in targets]
         return out
 
-    def _forward(self, ids: torch.Tensor, mask: torch.Tensor, cache=None, keep: int = 0, use_cache: bool = False):
+    def hidden_states(self, prompts: Sequence[Sequence[int]], layers: Sequence[int]) -> torch.Tensor:
+        """Left-padded chunks as in scoring; the last position only (the engine's trimmed last layer computes no other)."""
+        index, out = layer_indices(layers, self.num_layers), torch.empty(len(prompts), len(layers), self.hidden_size)
+        with self._session():
+            for chunk in self._chunks([len(p) for p in prompts], self.options.score_token_budget):
+                ids, mask = self._pad([prompts[i] for i in chunk])
+                with accel.last_position_only(self.model):
+                    states = self._forward(ids, mask, keep=1, output_hidden_states=True).hidden_states
+                out[chunk] = torch.stack([states[j][:, -1] for j in index], dim=1).float().cpu()
+        return out
+
+    def _forward(self, ids: torch.Tensor, mask: torch.Tensor, cache=None, keep: int = 0, use_cache: bool = False, **extra):
         """The model over ``ids`` (only the columns after ``cache``), logits of the last ``keep``
         positions (0: all)."""
         self.stats["forward_batches"] += 1
         cached = cache.get_seq_length() if cache is not None else 0
         kwargs: dict[str, Any] = {cache_kwarg(): cache} if cache is not None else {}
         return self.model(input_ids=ids[:, cached:], attention_mask=mask, position_ids=positions_from_mask(mask)[:, cached:],
-                          use_cache=use_cache or cache is not None, logits_to_keep=keep, **kwargs)
+                          use_cache=use_cache or cache is not None, logits_to_keep=keep, **kwargs, **extra)
 
     def _last_logprobs(self, ids, mask, cache=None, keep_cache: bool | None = None):
         """Log-probs after the last position; with ``keep_cache`` (True/False) also the KV of all of

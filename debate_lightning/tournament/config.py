@@ -51,10 +51,24 @@ class JudgeConfig:
     Attributes:
         model: a key of ``models``; any backend works (text verdicts for APIs without log-probs).
         both_orders: also judge with the answers presented in the other order and average.
+        probe: a linear probe (a directory holding ``probe.safetensors`` + ``probe.json``, or the
+            ``.safetensors`` file) trained on ``model``'s activations by ``fit --config
+            configs/probe.yaml``: P(A) then comes from the probe over the model's hidden states at
+            the verdict position instead of its A/B log-probs (an ``hf`` model only). The probe
+            must come from the same model and have seen the formats' prompt sets. Rounds judged
+            this way carry the judge name ``<model>+probe:<name>@<file digest>``.
+        probe_name: which probe of the file (a layer such as ``"-1"``, or ``"concat"``); null
+            takes the one the file names best (by validation AUROC).
     """
 
     model: str = "embedded"
     both_orders: bool = True
+    probe: str | None = None
+    probe_name: str | int | None = None
+
+    def __post_init__(self) -> None:
+        if self.probe_name is not None and not self.probe:
+            raise ValueError(f"judge.probe_name is {self.probe_name!r} but judge.probe is not set")
 
 
 @dataclass

@@ -41,8 +41,8 @@ from debate_lightning.tournament.rounds import (
 __all__ = [
     "DEFAULT_BOOTSTRAP", "bootstrap_means", "format_family", "format_name", "interval", "judged", "matchup",
     "mean_ci", "p_correct", "question_key", "bradley_terry", "fit_bradley_terry", "win_counts",
-    "accuracy", "grouped", "accuracy_table", "accuracy_difference", "calibration", "side_win_rates",
-    "side_order_pairs", "quote_statistics", "compute_metrics",
+    "accuracy", "grouped", "accuracy_table", "accuracy_difference", "calibration", "auroc", "judge_comparison",
+    "side_win_rates", "side_order_pairs", "quote_statistics", "compute_metrics",
 ]
 
 
@@ -184,6 +184,63 @@ def calibration(results: Sequence[RoundResult], n_bins: int = 10) -> dict:
     return {"rounds": len(rs), "n_bins": n_bins, "ece": ece, "ece_top_label": ece_top, "bins": bins}
 
 
+# --------------------------------------------------------------------------- discrimination
+
+
+def auroc(results: Sequence[RoundResult]) -> dict:
+    """AUROC of the judge's P(A) against "A is correct" (torchmetrics ``BinaryAUROC``, exact):
+    the chance that a random round whose answer A is correct gets a higher P(A) than a random
+    round whose answer B is, ties counting half. Calibration-free: a probe whose scores rank
+    rounds well but sit near 0.5 still scores high. NaN when every round has the same answer."""
+    import torch
+    from torchmetrics.classification import BinaryAUROC
+
+    rs = judged(results)
+    y = [int(r.correct_index == 0) for r in rs]
+    out = {"rounds": len(rs), "a_correct": sum(y), "auroc": math.nan}
+    if 0 < sum(y) < len(y):
+        p = torch.tensor([r.p_a for r in rs], dtype=torch.float64)
+        out["auroc"] = BinaryAUROC()(p, torch.tensor(y)).item()
+    return out
+
+
+def judge_comparison(by_judge: dict[str, Sequence[RoundResult]]) -> dict | None:
+    """Judges side by side on the rounds they all judged (matched by ``round_id``): binary and
+    probabilistic accuracy, AUROC and ECE of each, and per pair of judges the agreement (share of
+    the rounds both judged where both picked the same answer). None with fewer than two judges
+    or no round judged by two.
+    ``probe`` marks judges whose P(A) came from a linear probe (``models/probe.py``)."""
+    from debate_lightning.models.probe import is_probe_judge
+
+    judged_by = {name: {r.round_id: r for r in judged(rs)} for name, rs in sorted(by_judge.items())}
+    judged_by = {name: rounds for name, rounds in judged_by.items() if rounds}
+    if len(judged_by) < 2:
+        return None
+    names = list(judged_by)
+    if not any(set(judged_by[a]) & set(judged_by[b]) for i, a in enumerate(names) for b in names[i + 1 :]):
+        return None  # no round judged twice (e.g. shards judged by different judges): nothing to match
+    common = set.intersection(*(set(rounds) for rounds in judged_by.values()))
+    table = {}
+    for name, rounds in judged_by.items():
+        rs = [rounds[i] for i in sorted(common)]
+        table[name] = {
+            "probe": is_probe_judge(name),
+            "rounds_judged": len(rounds),
+            "rounds": len(rs),
+            "binary_accuracy": float(np.mean([bool(r.judge_correct) for r in rs])) if rs else math.nan,
+            "prob_accuracy": float(np.mean([p_correct(r) for r in rs])) if rs else math.nan,
+            "auroc": auroc(rs)["auroc"],
+            "ece": calibration(rs)["ece"],
+        }
+    agreement = []
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            shared = sorted(set(judged_by[a]) & set(judged_by[b]))
+            same = sum(judged_by[a][k].winner == judged_by[b][k].winner for k in shared)
+            agreement.append({"a": a, "b": b, "rounds": len(shared), "agreement": same / len(shared) if shared else math.nan})
+    return {"judges": names, "common_rounds": len(common), "table": table, "agreement": agreement}
+
+
 # --------------------------------------------------------------------------- sides
 
 
@@ -315,9 +372,14 @@ def quote_statistics(results: Sequence[RoundResult]) -> dict:
 
 
 def compute_metrics(
-    results: Sequence[RoundResult], n_boot: int = DEFAULT_BOOTSTRAP, seed: int = 0, bt_l2: float = 0.01
+    results: Sequence[RoundResult], n_boot: int = DEFAULT_BOOTSTRAP, seed: int = 0, bt_l2: float = 0.01,
+    by_judge: dict[str, Sequence[RoundResult]] | None = None,
 ) -> dict:
-    """Every metric of a tournament, as one JSON-serialisable dict (``metrics.json``)."""
+    """Every metric of a tournament, as one JSON-serialisable dict (``metrics.json``).
+
+    ``by_judge``: rounds per judge name, where several judges judged the same rounds (a run and
+    its ``rejudge``); they are compared side by side (``judge_comparison``). Default: ``results``
+    grouped by their judge."""
     ok = judged(results)
     families = sorted({format_family(r) for r in ok})
     comparisons = []
@@ -340,10 +402,19 @@ def compute_metrics(
         "calibration": calibration(results),
         "p_a_values": [r.p_a for r in ok],
         "calibration_by_format": {k: calibration(v) for k, v in grouped(results, format_name).items()},
+        "auroc": {"overall": auroc(results), "by_format": {k: auroc(v) for k, v in grouped(results, format_name).items()}},
         "bradley_terry": bradley_terry(results, l2=bt_l2, n_boot=min(n_boot, 200), seed=seed),
         "sides": side_win_rates(results, n_boot, seed),
         "side_order_test": side_order_pairs(results),
         "side_order_test_by_format": {k: side_order_pairs(v) for k, v in grouped(results, format_name).items()},
         "quotes": quote_statistics(results),
+        "judge_comparison": judge_comparison(by_judge if by_judge is not None else _by_judge(results)),
     }
+
+
+def _by_judge(results: Sequence[RoundResult]) -> dict[str, list[RoundResult]]:
+    groups: dict[str, list[RoundResult]] = defaultdict(list)
+    for r in results:
+        groups[r.judge].append(r)
+    return dict(groups)
 

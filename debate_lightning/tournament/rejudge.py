@@ -16,8 +16,8 @@ from pathlib import Path
 
 import yaml
 
-from debate_lightning.debate.agents import Judge
 from debate_lightning.debate.engine import RoundResult, RoundSpec, judge_transcripts
+from debate_lightning.debate.formats import Format
 from debate_lightning.models.registry import ModelSpec, build_generator
 from debate_lightning.tournament.config import JudgeConfig
 from debate_lightning.tournament.results import ResultsFile
@@ -41,8 +41,9 @@ def rejudge(
     resume: bool = False,
     progress: bool = True,
 ) -> dict:
-    """Judge every finished round of ``source`` with ``judge`` and write them to ``output``."""
-    from debate_lightning.tournament.runner import Progress, ResultsExist
+    """Judge every finished round of ``source`` with ``judge`` and write them to ``output``
+    (with ``judge.probe``, a linear probe over the judge model's activations gives P(A))."""
+    from debate_lightning.tournament.runner import Progress, ResultsExist, build_judge, load_judge_probe
 
     if judge.model not in models:
         raise ValueError(f"judge.model: {judge.model!r} is not a key of models ({sorted(models)})")
@@ -58,10 +59,20 @@ def rejudge(
     finished = [r for r in rounds if r.ok]
     done = dest.done_ids()
     todo = [r for r in finished if r.round_id not in done]
+    # The probe must have seen the prompt sets of every format it is about to judge.
+    probe = load_judge_probe(judge, {Format(**r.format).prompts for r in finished})
     _save_config(Path(source), Path(output), models, judge)
 
     generator = build_generator(models[judge.model], name=judge.model)
-    new_judge = Judge(generator, both_orders=judge.both_orders, name=judge.model)
+    try:
+        new_judge = build_judge(judge, models[judge.model], generator, probe)
+        other = sorted({r.judge for r in dest.results() if r.ok} - {new_judge.name})
+        if other:  # a resume with another judge (or probe) would mix two judges' verdicts in one file
+            raise ValueError(f"--resume: {dest.path} holds rounds judged by {other}, this run's judge is "
+                             f"{new_judge.name!r}; use a new --output")
+    except ValueError:
+        generator.close()
+        raise
     bar = Progress(len(finished), len(finished) - len(todo), progress)
     try:
         for start in range(0, len(todo), rounds_in_flight):
@@ -76,7 +87,7 @@ def rejudge(
         generator.close()
     summary = {
         "source": str(source),
-        "judge": judge.model,
+        "judge": new_judge.name,
         "rounds": len(finished),
         "rejudged_now": len(todo),
         "skipped_failed": len(rounds) - len(finished),
@@ -101,5 +112,6 @@ def _save_config(source: Path, output: Path, models: dict[str, ModelSpec], judge
     cfg["judge"] = {**dataclasses.asdict(judge), "model": key}
     cfg["output"] = str(output)
     (output / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    print(f"re-judging {source} with {judge.model!r} -> {output}", file=sys.stderr)
+    with_probe = f" and probe {judge.probe}" if judge.probe else ""
+    print(f"re-judging {source} with {judge.model!r}{with_probe} -> {output}", file=sys.stderr)
 

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from debate_lightning.debate.engine import RoundResult
 from debate_lightning.tournament.metrics import DEFAULT_BOOTSTRAP, compute_metrics
 from debate_lightning.tournament.results import ResultsFile
 
@@ -21,11 +22,37 @@ def write_report(directory: str | Path, n_boot: int = DEFAULT_BOOTSTRAP, seed: i
     if not results.path.is_file():
         raise FileNotFoundError(f"no results in {directory} (expected {results.path})")
     rounds = list(results.latest())
-    metrics = compute_metrics(rounds, n_boot=n_boot, seed=seed)
+    by_judge, source = judges_of(directory)
+    metrics = compute_metrics(rounds, n_boot=n_boot, seed=seed, by_judge=by_judge)
+    if metrics["judge_comparison"] is not None:
+        metrics["judge_comparison"]["rejudge_source"] = source
     (directory / "metrics.json").write_text(json.dumps(_clean(metrics), indent=2, allow_nan=False) + "\n")
     images = _plots(metrics, directory) if plots else {}
     (directory / "report.md").write_text(_markdown(metrics, images, directory))
     return metrics
+
+
+def judges_of(directory: Path) -> tuple[dict[str, list[RoundResult]], str | None]:
+    """Every judge's latest verdict per round in ``directory``'s rounds.jsonl (a run and its
+    ``rejudge`` combined hold two per round), plus, for a ``rejudge`` output, the rounds of the
+    source run's judge(s) (``rejudge.json``'s ``source``; returned when found), so a probe judge
+    and the LLM judge of the same speeches are compared by round id."""
+    by_judge: dict[str, dict[str, RoundResult]] = {}
+    for r in ResultsFile(directory).results():
+        by_judge.setdefault(r.judge, {})[r.round_id] = r
+    source = None
+    info = directory / "rejudge.json"
+    if info.is_file():
+        src = Path(json.loads(info.read_text()).get("source") or "")
+        # rejudge records the source as given on its command line: relative to where it ran.
+        for candidate in (src, directory.parent / src.name):
+            if src.name and ResultsFile(candidate).exists() and candidate.resolve() != directory.resolve():
+                source, here = str(candidate), set(by_judge)
+                for r in ResultsFile(candidate).results():
+                    if r.judge not in here:  # a judge of this directory's own keeps its own verdicts
+                        by_judge.setdefault(r.judge, {})[r.round_id] = r
+                break
+    return {name: list(rounds.values()) for name, rounds in by_judge.items()}, source
 
 
 def _clean(x: Any) -> Any:
@@ -71,11 +98,14 @@ def _markdown(m: dict, images: dict[str, str], directory: Path) -> str:
         "Binary: the verdict names the correct answer. Probabilistic: the judge's mean probability for the correct answer.",
         "",
     ]
-    acc = m["accuracy"]
-    rows = [["**all**", str(acc["overall"]["rounds"]), _ci(acc["overall"]["binary"]), _ci(acc["overall"]["prob"])]]
+    acc, auc = m["accuracy"], m["auroc"]
+    rows = [["**all**", str(acc["overall"]["rounds"]), _ci(acc["overall"]["binary"]), _ci(acc["overall"]["prob"]),
+             _f(auc["overall"]["auroc"])]]
     for name, a in acc["by_format"].items():
-        rows.append([name, str(a["rounds"]), _ci(a["binary"]), _ci(a["prob"])])
-    out += [_table(["format", "rounds", "binary accuracy", "probabilistic accuracy"], rows), ""]
+        rows.append([name, str(a["rounds"]), _ci(a["binary"]), _ci(a["prob"]), _f(auc["by_format"][name]["auroc"])])
+    out += [_table(["format", "rounds", "binary accuracy", "probabilistic accuracy", "AUROC"], rows), "",
+            "AUROC: of P(A) against 'A is correct' (torchmetrics `BinaryAUROC`): how well the judge's probabilities "
+            "rank the rounds, whatever their calibration; 0.5 is chance, – where every round had the same answer.", ""]
     if len(acc["by_matchup"]) > 1:
         rows = [[k, str(a["rounds"]), _ci(a["binary"]), _ci(a["prob"])] for k, a in acc["by_matchup"].items()]
         out += ["Per matchup:", "", _table(["format: matchup", "rounds", "binary", "probabilistic"], rows), ""]
@@ -101,6 +131,8 @@ def _markdown(m: dict, images: dict[str, str], directory: Path) -> str:
     if rows:
         out += [_table(["format", "rounds", "ECE P(A)", "ECE top-label"], rows), ""]
     out += _image(images, "calibration")
+
+    out += _comparison(m.get("judge_comparison"), m["judges"])
 
     bt = m["bradley_terry"]
     out += ["## Debater ratings (Bradley–Terry)", ""]
@@ -161,6 +193,25 @@ def _markdown(m: dict, images: dict[str, str], directory: Path) -> str:
     out += _image(images, "quotes")
     out += ["Every number above is in `metrics.json`.", ""]
     return "\n".join(out)
+
+
+def _comparison(c: dict | None, reported: list[str]) -> list[str]:
+    """Judges side by side (a probe judge and the LLM judge of the same speeches)."""
+    if not c:
+        return []
+    kind = {True: "probe", False: "LLM"}
+    source = f" (the rounds of judges not in this directory come from the rejudged run {c['rejudge_source']})" \
+        if c.get("rejudge_source") else ""
+    out = ["## Judges side by side", "",
+           f"The same {c['common_rounds']} rounds, matched by round id, judged by each judge{source}. Agreement: "
+           "the share of the rounds both judged where both picked the same answer. The other sections report one "
+           f"verdict per round (its last line in rounds.jsonl; judge {', '.join(f'`{j}`' for j in reported) or '–'}).", ""]
+    rows = [[f"`{name}`", kind[t["probe"]], str(t["rounds"]), _f(t["binary_accuracy"]), _f(t["prob_accuracy"]),
+             _f(t["auroc"]), _f(t["ece"])] for name, t in c["table"].items()]
+    out += [_table(["judge", "kind", "rounds", "binary accuracy", "probabilistic accuracy", "AUROC", "ECE"], rows), ""]
+    rows = [[f"`{a['a']}`", f"`{a['b']}`", str(a["rounds"]), _f(a["agreement"])] for a in c["agreement"]]
+    out += [_table(["judge", "judge", "rounds judged by both", "agreement"], rows), ""]
+    return out
 
 
 def _image(images: dict[str, str], key: str) -> list[str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import yaml
@@ -15,8 +15,8 @@ from debate_lightning.debate.agents import BestOfNDebater, Debater, Judge
 from debate_lightning.debate.engine import RoundResult, RoundSpec, run_rounds
 from debate_lightning.debate.formats import Format
 from debate_lightning.models.base import Generator
-from debate_lightning.models.registry import build_generator
-from debate_lightning.tournament.config import TournamentConfig
+from debate_lightning.models.registry import ModelSpec, build_generator
+from debate_lightning.tournament.config import JudgeConfig, TournamentConfig
 from debate_lightning.tournament.results import ResultsFile
 from debate_lightning.tournament.schedule import schedule
 
@@ -29,11 +29,47 @@ def load_tournament_questions(cfg: TournamentConfig) -> list[Question]:
     return cfg.data.load()
 
 
-def build_agents(cfg: TournamentConfig) -> tuple[dict[str, Debater], Judge, dict[str, Generator]]:
-    """One generator per model key, shared by every debater (and the judge) that names it."""
+def load_judge_probe(judge: JudgeConfig, prompt_sets: Iterable[str]):
+    """``judge.probe`` as a ``LinearProbe`` (None without one), checked against the prompt sets of
+    the formats it will judge. Cheap: called before any model loads, so a wrong path fails first."""
+    if not judge.probe:
+        return None
+    from debate_lightning.models.probe import LinearProbe
+
+    try:
+        probe = LinearProbe.load(judge.probe, name=None if judge.probe_name is None else str(judge.probe_name))
+        probe.check_prompt_sets(prompt_sets, "the judged formats")
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"judge.probe: {e}") from None
+    except ValueError as e:
+        raise ValueError(f"judge.probe: {e}") from None
+    return probe
+
+
+def build_judge(judge: JudgeConfig, spec: ModelSpec, generator: Generator, probe=None) -> Judge:
+    """The judge over ``generator`` (``judge.model``'s, built from ``spec``). With a probe
+    (``load_judge_probe``), P(A) comes from the probe over the generator's hidden states at the
+    verdict position instead of its A/B log-probs; a probe of another model is refused here."""
+    if probe is None:
+        return Judge(generator, both_orders=judge.both_orders, name=judge.model)
+    from debate_lightning.models.probe import ProbeJudgeGenerator, probe_judge_name
+
+    try:
+        scorer = ProbeJudgeGenerator(generator, probe, model=spec.path, adapter=spec.adapter,
+                                     name=probe_judge_name(judge.model, probe.name, probe.digest))
+    except ValueError as e:
+        raise ValueError(f"judge.probe with judge.model {judge.model!r}: {e}") from None
+    return Judge(scorer, both_orders=judge.both_orders, name=scorer.name)
+
+
+def build_agents(cfg: TournamentConfig, probe=None) -> tuple[dict[str, Debater], Judge, dict[str, Generator]]:
+    """One generator per model key, shared by every debater (and the judge) that names it;
+    ``probe``: the judge's (``load_judge_probe``; loaded here when not given)."""
+    if probe is None:
+        probe = load_judge_probe(cfg.judge, {f.prompts for f in cfg.formats})
     used = {d.model for d in cfg.debaters} | {cfg.judge.model}
     generators = {key: build_generator(cfg.models[key], name=key) for key in sorted(used)}
-    judge = Judge(generators[cfg.judge.model], both_orders=cfg.judge.both_orders, name=cfg.judge.model)
+    judge = build_judge(cfg.judge, cfg.models[cfg.judge.model], generators[cfg.judge.model], probe)
     debaters: dict[str, Debater] = {}
     for d in cfg.debaters:
         gen = generators[d.model]
@@ -93,8 +129,11 @@ def check_resume_config(cfg: TournamentConfig, directory: Path) -> None:
     for key in sorted(set(saved) | set(now)):
         if key in free:
             continue
-        # A key added after the run was saved counts as unchanged while it keeps its default.
+        # A key added after the run was saved counts as unchanged while it keeps its default
+        # (also inside a section: judge.probe is newer than many saved runs).
         a, b = saved.get(key, defaults.get(key)), now.get(key)
+        if key != "models" and isinstance(a, dict) and isinstance(defaults.get(key), dict):
+            a = {**defaults[key], **a}
         if key == "models" and isinstance(a, dict) and isinstance(b, dict):
             a = {k: {f: v for f, v in m.items() if f not in placement} for k, m in a.items()}
             b = {k: {f: v for f, v in m.items() if f not in placement} for k, m in b.items()}
@@ -124,6 +163,7 @@ def run_tournament(
     from debate_lightning.tournament.preferences import filter_preferences
 
     cfg.check()
+    probe = load_judge_probe(cfg.judge, {f.prompts for f in cfg.formats})
     out = Path(output or cfg.output)
     results = ResultsFile(out)
     if results.exists() and not resume:
@@ -150,7 +190,7 @@ def run_tournament(
         _finish_preferences(cfg, results, pref_path)
         return list(results.latest())
 
-    debaters, judge, generators = build_agents(cfg)
+    debaters, judge, generators = build_agents(cfg, probe)
     bar = Progress(len(specs), len(specs) - len(todo), progress)
     try:
         for start in range(0, len(todo), cfg.rounds_in_flight):
