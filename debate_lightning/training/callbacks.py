@@ -53,12 +53,14 @@ class _DebateEvaluation(Callback):
 
     def __init__(self, questions: DataConfig, format: Format | None, every_n_epochs: int,
                  sampling: SamplingParams | None, judge: ModelSpec | None, judge_both_orders: bool,
-                 at_start: bool, max_batch_size: int, seed: int):
+                 at_start: bool, max_batch_size: int, seed: int, judge_probe: str | None = None,
+                 judge_probe_name: str | None = None):
         if every_n_epochs < 1:
             raise ValueError(f"every_n_epochs must be >= 1, got {every_n_epochs}")
         self.questions_config, self.format, self.every_n_epochs = questions, format, every_n_epochs
         self.sampling, self.judge_spec, self.judge_both_orders = sampling, judge, judge_both_orders
         self.at_start, self.max_batch_size, self.seed = at_start, max_batch_size, seed
+        self.judge_probe, self.judge_probe_name = judge_probe, judge_probe_name
         self.history: list[dict[str, float]] = []
         self._questions: list[Question] | None = None
         self._judge_generator: Generator | None = None
@@ -76,10 +78,28 @@ class _DebateEvaluation(Callback):
     def judge(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Judge:
         dm = getattr(trainer, "datamodule", None)
         if self.judge_spec is None and isinstance(dm, DebateRolloutDataModule):
-            return dm.judge(pl_module)
+            judge = dm.judge(pl_module)
+            # the rollout judge's weights: the policy's base (judge_from_policy) or its judge spec
+            model = pl_module.policy_config.model if dm.judge_from_policy else dm.judge_spec.path
+            adapter = None if dm.judge_from_policy else dm.judge_spec.adapter
+            return self._with_probe(judge, trainer, model, adapter)
         if self._judge_generator is None:
             self._judge_generator = build_generator(self.judge_spec or ModelSpec(dtype="float32"), name="judge")
-        return Judge(self._judge_generator, both_orders=self.judge_both_orders, name="judge")
+        spec = self.judge_spec or ModelSpec(dtype="float32")
+        judge = Judge(self._judge_generator, both_orders=self.judge_both_orders, name="judge")
+        return self._with_probe(judge, trainer, spec.path, spec.adapter)
+
+    def _with_probe(self, judge: Judge, trainer: pl.Trainer, model: str, adapter: str | None) -> Judge:
+        """``judge`` itself, or with ``judge_probe`` a judge whose P(A) is the probe's over the
+        same model's hidden states at the verdict position (both orders, as the LLM judge)."""
+        if not self.judge_probe:
+            return judge
+        from debate_lightning.models.probe import LinearProbe, ProbeJudgeGenerator
+
+        probe = LinearProbe.load(self.judge_probe, name=self.judge_probe_name)
+        probe.check_prompt_sets([self.round_format(trainer).prompts], f"{type(self).__name__}'s format")
+        scorer = ProbeJudgeGenerator(judge.generator, probe, model=model, adapter=adapter)
+        return Judge(scorer, both_orders=judge.both_orders, name=scorer.name)
 
     def round_format(self, trainer: pl.Trainer) -> Format:
         if self.format is not None:
@@ -155,6 +175,9 @@ class JudgeEvaluation(_DebateEvaluation):
         at_start: also evaluate once before training (the untrained policy's numbers).
         max_batch_size: most sequences per generate call.
         seed: sampling seed, the same at every evaluation.
+        judge_probe: a linear probe (``fit --config probe.yaml``'s run directory or probe.safetensors)
+            that judges instead of the judge model's A/B log-probs, over that model's activations.
+        judge_probe_name: which probe of the file (a layer like ``-1``, or ``concat``); null: its best.
     """
 
     prefix = "judge"
@@ -162,9 +185,10 @@ class JudgeEvaluation(_DebateEvaluation):
     def __init__(self, questions: DataConfig = DataConfig(split="val", limit=8, both_orders=True),
                  format: Format | None = None, every_n_epochs: int = 1, sampling: SamplingParams | None = None,
                  judge: ModelSpec | None = None, judge_both_orders: bool = True, at_start: bool = False,
-                 max_batch_size: int = 32, seed: int = 0):
+                 max_batch_size: int = 32, seed: int = 0, judge_probe: str | None = None,
+                 judge_probe_name: str | None = None):
         super().__init__(questions, format, every_n_epochs, sampling, judge, judge_both_orders, at_start,
-                         max_batch_size, seed)
+                         max_batch_size, seed, judge_probe, judge_probe_name)
 
     def play(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[RoundResult]:
         fmt = self.round_format(trainer)
@@ -199,6 +223,9 @@ class TournamentValidation(_DebateEvaluation):
         at_start: also play once before training (≈ 50% win rate: the policy is the baseline).
         max_batch_size: most sequences per generate call.
         seed: sampling seed, the same at every evaluation.
+        judge_probe: a linear probe that judges instead of the judge model's A/B log-probs (see
+            ``JudgeEvaluation``).
+        judge_probe_name: which probe of the file; null: its best.
     """
 
     prefix = "tournament"
@@ -206,9 +233,10 @@ class TournamentValidation(_DebateEvaluation):
     def __init__(self, questions: DataConfig = DataConfig(split="val", limit=4, both_orders=False),
                  format: Format | None = None, baseline: ModelSpec | None = None, every_n_epochs: int = 1,
                  sampling: SamplingParams | None = None, judge: ModelSpec | None = None,
-                 judge_both_orders: bool = True, at_start: bool = False, max_batch_size: int = 32, seed: int = 0):
+                 judge_both_orders: bool = True, at_start: bool = False, max_batch_size: int = 32, seed: int = 0,
+                 judge_probe: str | None = None, judge_probe_name: str | None = None):
         super().__init__(questions, format, every_n_epochs, sampling, judge, judge_both_orders, at_start,
-                         max_batch_size, seed)
+                         max_batch_size, seed, judge_probe, judge_probe_name)
         if format is not None and len(format.sides) != 2:
             raise ValueError(f"TournamentValidation needs a two-sided format, got {format.kind!r}")
         self.baseline_spec = baseline

@@ -82,3 +82,41 @@ def test_callbacks_log_during_training(tiny_model, tmp_path):
 def test_tournament_needs_two_sides():
     with pytest.raises(ValueError, match="two-sided"):
         TournamentValidation(format=Format(kind="consultancy"))
+
+
+def _write_probe(directory, model: str, hidden: int, num_layers: int, prompt_sets=("debate",)):
+    from probe_files import write_probe
+
+    return write_probe(directory, model, hidden, num_layers, layers=(-1,), prompt_sets=prompt_sets)
+
+
+def test_judge_evaluation_with_a_probe_judges_by_the_probe(tiny_model, tmp_path):
+    import types
+
+    import torch
+
+    from debate_lightning.debate.agents import prompts_for
+    from debate_lightning.debate.transcript import Speech, Transcript
+    from debate_lightning.models.probe import LinearProbe, ProbeJudgeGenerator
+    from debate_lightning.models.registry import ModelSpec
+
+    spec = ModelSpec(path=tiny_model, dtype="float32")
+    probe_dir = _write_probe(tmp_path / "probe", tiny_model, hidden=32, num_layers=2)
+    fmt = Format(kind="debate", num_speeches=1)
+    cb = JudgeEvaluation(format=fmt, judge=spec, judge_probe=str(probe_dir))
+    trainer = types.SimpleNamespace(datamodule=None)
+    judge = cb.judge(trainer, None)
+    assert isinstance(judge.generator, ProbeJudgeGenerator) and "+probe" in judge.name
+    q = DataConfig(split="val", limit=1, both_orders=False).load()[0]
+    tr = Transcript(q, fmt)
+    tr.speeches += [Speech(0, 0, "It is A."), Speech(1, 1, "It is B.")]
+    probe, gen = LinearProbe.load(probe_dir), judge.generator.generator
+    chats = [tr.judge_chat(prompts_for(fmt), swap=s) for s in (False, True)]
+    p = probe.p_a(gen.hidden_states([gen.chat_ids(c) for c in chats], probe.layers))
+    want = (float(p[0]) + (1.0 - float(p[1]))) / 2  # both orders, as the LLM judge averages them
+    assert judge.p_a([tr])[0] == pytest.approx(want, abs=1e-5)
+    # a probe made on other prompts is refused, naming them
+    other = _write_probe(tmp_path / "other", tiny_model, hidden=32, num_layers=2, prompt_sets=("consultancy",))
+    with pytest.raises(ValueError, match="consultancy|debate"):
+        JudgeEvaluation(format=fmt, judge=spec, judge_probe=str(other)).judge(trainer, None)
+    assert torch.isfinite(p).all()
