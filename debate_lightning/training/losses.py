@@ -189,3 +189,16 @@ def ppo_value_loss(
     with torch.no_grad():
         stats = {"vf_clipfrac": masked_mean((err_clipped > err).to(values.dtype), mask)}
     return loss, stats
+
+
+def probe_loss(logits: torch.Tensor, labels: torch.Tensor, sq_norms: torch.Tensor,
+               weight_decay: float) -> torch.Tensor:
+    """Per-probe ridge-logistic objective, shape [P].
+
+    L_p = mean_n BCE(sigmoid(logits[n, p]), labels[n]) + weight_decay / 2 · sq_norms[p]
+
+    ``logits`` [N, P], ``labels`` [N] in {0, 1}, ``sq_norms`` [P] = ||w_p||² (biases excluded).
+    """
+    targets = labels.to(logits.dtype).unsqueeze(1).expand_as(logits)
+    bce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none").mean(0)
+    return bce + 0.5 * weight_decay * sq_norms
