@@ -222,10 +222,12 @@ class HFGenerator(LocalGenerator):
         different amounts (each carries over its own earlier turns), so they are prefilled in groups
         of similar new-token counts, little padding wasted, and put together right-aligned after."""
         pad = self.tokenizer.pad_token_id
+        groups = length_groups([len(p) - n for p, n in zip(prompts, cut)], waste=0.15)
+        if len(groups) == 1:  # one batch, in the callers' row order (a group lists its rows sorted by length)
+            return self._prefill(*prefixed_batch(prompts, kvs, cut, pad, self.device))
         parts = [(rows, self._prefill(*prefixed_batch([prompts[i] for i in rows], [kvs[i] for i in rows],
-                                                      [cut[i] for i in rows], pad, self.device)))
-                 for rows in length_groups([len(p) - n for p, n in zip(prompts, cut)], waste=0.15)]
-        return parts[0][1] if len(parts) == 1 else merge_prefills(parts, len(prompts))
+                                                      [cut[i] for i in rows], pad, self.device))) for rows in groups]
+        return merge_prefills(parts, len(prompts))
 
     def _lean_generate(self, prefilled, params: SamplingParams, want_scores: bool, shared=None):
         """The same as ``_hf_generate`` by the engine's decode loop after a prefill; ``shared``:

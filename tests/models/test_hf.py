@@ -217,17 +217,22 @@ def test_peft_adapter_is_loaded(tiny_model_dir, tmp_path):
         HFGenerator(path=str(tiny_model_dir), dtype="float32", adapter=str(tmp_path / "missing"))
 
 
-@pytest.mark.parametrize("ragged", [True, False])
+@pytest.mark.parametrize("ragged", [True, False, "one group, longest first"])
 def test_rows_prefilled_alone_or_padded_generate_the_same(tiny_model_dir, questions, monkeypatch, ragged):
     """After cached prefixes of different lengths, running each row's new tokens alone (no
-    padding, then put together) or as one padded batch gives what an uncached generator gives."""
+    padding, then put together) or as one padded batch gives what an uncached generator gives,
+    whatever order the grouping lists the rows in."""
     import debate_lightning.models.hf as hf
 
     chosen = []
 
     def groups(lengths):
         chosen.append(ragged)
-        return [[i] for i in range(len(lengths))] if ragged else [list(range(len(lengths)))]
+        if ragged is True:
+            return [[i] for i in range(len(lengths))]
+        if ragged is False:
+            return [list(range(len(lengths)))]
+        return [sorted(range(len(lengths)), key=lambda i: -lengths[i])]  # one group, not in the rows' order
 
     monkeypatch.setenv("DEBATE_LIGHTNING_ACCEL", "1")  # ragged prefill groups are the engine's decode path
     batching = hf.length_groups  # keep how generate() batches; replace only the prefill grouping
