@@ -19,6 +19,7 @@ COMMANDS = {
     "merge": "debate_lightning.tournament.cli:merge_main",
     "rejudge": "debate_lightning.tournament.cli:rejudge_main",
     "activations": "debate_lightning.tournament.activations:activations_main",
+    "probe-table": "debate_lightning.training.probe_table:probe_table_main",
     "serve": "debate_lightning.serve:serve_main",
 }
 

@@ -32,3 +32,24 @@ def write_probe(directory: Path, model: str, hidden: int, num_layers: int, layer
             "format_version": 1, **meta_overrides}
     (directory / "probe.json").write_text(json.dumps(meta))
     return directory
+
+
+def write_store(path: Path, x: torch.Tensor, labels: list[int], stories: list[str], layers=(-1, -2, -3),
+                formats: Sequence[str] | None = None, **header) -> Path:
+    """An activation store of rows ``x`` [N, len(layers), H] (header.json, index.jsonl, one shard), as
+    the activations command writes it; ``formats``: each row's format name (default: all debate)."""
+    path.mkdir(parents=True, exist_ok=True)
+    head = {"model": "embedded", "model_name": "smollm2-135m", "adapter": None, "hidden_size": int(x.shape[-1]),
+            "num_layers": 30, "layers": list(layers), "prompt_sets": ["debate"], "dtype": "float32",
+            "format_version": 1, **header}
+    (path / "header.json").write_text(json.dumps(head))
+    if len(labels):
+        save_file({"activations": x.float().contiguous()}, str(path / "shard-00000.safetensors"))
+    with (path / "index.jsonl").open("w") as f:
+        for i, (label, story) in enumerate(zip(labels, stories)):
+            name = formats[i] if formats else "debate"
+            f.write(json.dumps({"row": i, "shard": "shard-00000.safetensors", "offset": i, "round_id": f"r{i // 2}",
+                                "order": i % 2, "question_id": f"q{i // 2}", "story_id": story, "split": "train",
+                                "format": name.rstrip("01"), "format_name": name, "label": label,
+                                "judge_p_a": 0.5 + 0.1 * (label - 0.5), "source": "rounds"}) + "\n")
+    return path

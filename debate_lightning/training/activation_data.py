@@ -13,7 +13,10 @@ states at the verdict position of every judged round, in both answer orders. Thr
 Train and validation rows are split **by story**: all rows of a story (both orders, both side
 assignments, every question and format about it) land on one side, so the probe cannot pass
 validation by recognising a story it was trained on. The split is a seeded shuffle of the sorted
-story ids, so it depends on ``seed`` and the stories only.
+story ids, so it depends on ``seed`` and the stories only. The split is made over *all* the rows of
+the store before ``formats`` and ``val_formats`` pick rows on each side, so runs on one store with
+different formats hold out the same stories: a probe trained on debate rows can be validated on
+consultancy rows of stories it never saw (``val_formats``, and ``probe-table`` across runs).
 """
 
 from __future__ import annotations
@@ -59,6 +62,26 @@ def split_by_story(rows: list[dict[str, Any]], val_fraction: float, seed: int,
     return train, val
 
 
+def format_names(rows: list[dict[str, Any]]) -> list[str]:
+    """The format names (``debate``, ``consultancy0``, …) the rows hold, sorted."""
+    return sorted({str(r.get("format_name", r.get("format"))) for r in rows})
+
+
+def of_format(row: dict[str, Any], formats: list[str] | None) -> bool:
+    """Whether ``row`` is of one of ``formats`` (kinds or names; None: any)."""
+    return formats is None or row.get("format") in formats or row.get("format_name") in formats
+
+
+def _of_formats(rows: list[dict[str, Any]], picks: list[int], formats: list[str] | None, option: str,
+                side: str, where: Path) -> list[int]:
+    keep = [i for i in picks if of_format(rows[i], formats)]
+    if not keep:
+        raise ValueError(f"activation store {where}: no {side} rows of formats {formats} ({option}); "
+                         f"the store holds {format_names(rows)}, and the {side} stories hold "
+                         f"{format_names([rows[i] for i in picks])}")
+    return keep
+
+
 def select_layers(store_layers: list[int], wanted: list[int] | Literal["all"], where: str) -> list[int]:
     """Positions in the store's layer axis of the ``wanted`` layers (``all``: every one, in the
     store's order). A layer the store lacks is a ValueError naming the store and its layers."""
@@ -92,8 +115,10 @@ class ActivationDataModule(L.LightningDataModule):
         layers: hidden-state indices to probe (0 = embeddings, -1 = the last layer), one probe
             each; ``all``: every decoder layer (``-num_layers`` … ``-1``; of a given store, all
             of its layers). A layer a given store lacks is an error.
-        formats: keep only rows of these format kinds or names (``debate``, ``consultancy0``, …);
-            null keeps all.
+        formats: train (and, without ``val_formats``, validate) on rows of these format kinds or
+            names only (``debate``, ``consultancy``, ``consultancy0``, ``empty``, …); null keeps all.
+        val_formats: validate on rows of these format kinds or names (transfer: train on debate,
+            validate on consultancy); null: as ``formats``.
         val_fraction: share of stories held out for validation.
         seed: seed of the story split and of the training order.
         batch_size: rows per optimizer step (a store of at most this many train rows trains
@@ -118,6 +143,7 @@ class ActivationDataModule(L.LightningDataModule):
         model: str = "embedded",
         layers: list[int] | Literal["all"] = "all",
         formats: list[str] | None = None,
+        val_formats: list[str] | None = None,
         val_fraction: float = 0.25,
         seed: int = 0,
         batch_size: int = 512,
@@ -144,6 +170,7 @@ class ActivationDataModule(L.LightningDataModule):
         self.rounds = [rounds] if isinstance(rounds, str) else list(rounds or [])
         self.layers_wanted = layers if layers == "all" else [int(x) for x in layers]
         self.formats = list(formats) if formats else None
+        self.val_formats = list(val_formats) if val_formats else None
         self.val_fraction, self.seed, self.batch_size = val_fraction, seed, batch_size
         self.questions, self.format = questions, format
         self.max_new_tokens, self.temperature = max_new_tokens, temperature
@@ -254,14 +281,12 @@ class ActivationDataModule(L.LightningDataModule):
         x, rows = store.load()
         picks = select_layers(list(store.header["layers"]), self.layers_wanted, str(path))
         x = x[:, picks]
-        if self.formats is not None:
-            keep = [i for i, r in enumerate(rows)
-                    if r.get("format") in self.formats or r.get("format_name") in self.formats]
-            if not keep:
-                found = sorted({str(r.get("format_name", r.get("format"))) for r in rows})
-                raise ValueError(f"activation store {path}: no rows of formats {self.formats} (it holds {found})")
-            x, rows = x[keep], [rows[i] for i in keep]
+        # Split over every row first, so the held-out stories do not depend on the formats asked for.
         train, val = split_by_story(rows, self.val_fraction, self.seed, where=f"activation store {path}")
+        val_formats = self.val_formats if self.val_formats is not None else self.formats
+        train = _of_formats(rows, train, self.formats, "data.formats", "train", path)
+        val = _of_formats(rows, val, val_formats, "data.val_formats" if self.val_formats else "data.formats",
+                          "validation", path)
         y = torch.tensor([float(r["label"]) for r in rows])
         self.header, self.store_path = dict(store.header), str(path)
         self.layers = [int(store.header["layers"][i]) for i in picks]
@@ -271,11 +296,15 @@ class ActivationDataModule(L.LightningDataModule):
     def summary(self) -> dict[str, Any]:
         """Rows and stories on each side (for the report and probe.json)."""
         rows = self.train_rows + self.val_rows
+        train_stories = sorted({str(r["story_id"]) for r in self.train_rows})
         return {"store": self.store_path, "seed": self.seed, "val_fraction": self.val_fraction,
                 "train_rows": len(self.train_rows), "val_rows": len(self.val_rows),
-                "train_stories": len({r["story_id"] for r in self.train_rows}),
+                "train_stories": len(train_stories),
                 "val_stories": len({r["story_id"] for r in self.val_rows}),
-                "formats": sorted({str(r.get("format_name", r.get("format"))) for r in rows})}
+                "formats": format_names(rows),
+                "train_formats": format_names(self.train_rows), "val_formats": format_names(self.val_rows),
+                # which stories the probe saw: `probe-table` validates only on the others
+                "train_story_ids": train_stories}
 
     def train_dataloader(self) -> DataLoader:
         generator = torch.Generator().manual_seed(self.seed)

@@ -273,8 +273,8 @@ def _report(meta: dict[str, Any], judge: dict[str, Any] | None) -> str:
     lines = [
         "# Probe judges", "",
         f"Logistic probes on the activations of **{meta['model_name']}** (`{meta['model']}`) at the verdict position "
-        f"of judge chats (prompt sets: {', '.join(meta['prompt_sets'] or ['?'])}; formats: "
-        f"{', '.join(data['formats'])}). Label: answer A is correct. Standardised with train statistics; "
+        f"of judge chats (prompt sets: {', '.join(meta['prompt_sets'] or ['?'])}; trained on "
+        f"{', '.join(data['train_formats'])} rounds, validated on {', '.join(data['val_formats'])}). Label: answer A is correct. Standardised with train statistics; "
         f"train/validation split by story (seed {data['seed']}): {data['train_rows']} train rows from "
         f"{data['train_stories']} stories, {data['val_rows']} validation rows from {data['val_stories']} stories.", "",
         f"Best probe by validation AUROC: **{best}** (layers {meta['probes'][best]['layers']}).", "",

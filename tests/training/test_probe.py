@@ -15,33 +15,15 @@ import lightning as L
 import pytest
 import torch
 from lightning.pytorch.loggers import CSVLogger
-from safetensors.torch import save_file
 
 from debate_lightning.models.probe import LinearProbe
 from debate_lightning.training.activation_data import ActivationDataModule, split_by_story
 from debate_lightning.training.losses import probe_loss
 from debate_lightning.training.probe import ProbeJudgeModule, evaluate
+from probe_files import write_store
 
 LAYERS = [-1, -2, -3]
 HIDDEN = 16
-
-
-def write_store(path: Path, x: torch.Tensor, labels: list[int], stories: list[str], layers=LAYERS, **header) -> Path:
-    """A store of rows ``x`` [N, len(layers), H]: header.json, index.jsonl, one shard."""
-    path.mkdir(parents=True, exist_ok=True)
-    head = {"model": "embedded", "model_name": "smollm2-135m", "adapter": None, "hidden_size": int(x.shape[-1]),
-            "num_layers": 30, "layers": list(layers), "prompt_sets": ["debate"], "dtype": "float32",
-            "format_version": 1, **header}
-    (path / "header.json").write_text(json.dumps(head))
-    if len(labels):
-        save_file({"activations": x.float().contiguous()}, str(path / "shard-00000.safetensors"))
-    with (path / "index.jsonl").open("w") as f:
-        for i, (label, story) in enumerate(zip(labels, stories)):
-            f.write(json.dumps({"row": i, "shard": "shard-00000.safetensors", "offset": i, "round_id": f"r{i // 2}",
-                                "order": i % 2, "question_id": f"q{i // 2}", "story_id": story, "split": "train",
-                                "format": "debate", "format_name": "debate", "label": label,
-                                "judge_p_a": 0.5 + 0.1 * (label - 0.5), "source": "rounds"}) + "\n")
-    return path
 
 
 def planted(n: int = 2000, stories: int = 500, strength: float = 4.0, seed: int = 0):
