@@ -16,7 +16,8 @@ Both run when validation ends (if the trainer validates) or else when the traini
 every ``every_n_epochs`` epochs, and optionally once before training (``at_start``). Their
 sampling is seeded the same way at every evaluation, so epochs are compared on equal terms. The
 judge defaults to the rollout DataModule's judge (no second copy); rounds are played in one
-batched group, no grad, dropout off.
+batched group, no grad, dropout off. On N processes each rank plays its round-robin share of the
+rounds and every rank computes the metrics over all of them (``training/distributed.py``).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from debate_lightning.models.base import Generator, SamplingParams
 from debate_lightning.models.hf import live_generator
 from debate_lightning.models.registry import ModelSpec, build_generator
 from debate_lightning.tournament.metrics import bradley_terry, calibration, judged
+from debate_lightning.training.distributed import gather_json, shard
 from debate_lightning.training.online.datamodule import DebateRolloutDataModule
 from debate_lightning.training.reference import initial_model_generator
 
@@ -80,8 +82,9 @@ class _DebateEvaluation(Callback):
         if self.judge_spec is None and isinstance(dm, DebateRolloutDataModule):
             judge = dm.judge(pl_module)
             # the rollout judge's weights: the policy's base (judge_from_policy) or its judge spec
-            model = pl_module.policy_config.model if dm.judge_from_policy else dm.judge_spec.path
-            adapter = None if dm.judge_from_policy else dm.judge_spec.adapter
+            from_policy = dm.judges_from_policy(pl_module)
+            model = pl_module.policy_config.model if from_policy else dm.judge_spec.path
+            adapter = None if from_policy else dm.judge_spec.adapter
             return self._with_probe(judge, trainer, model, adapter)
         if self._judge_generator is None:
             self._judge_generator = build_generator(self.judge_spec or ModelSpec(dtype="float32"), name="judge")
@@ -133,6 +136,19 @@ class _DebateEvaluation(Callback):
         return metrics
 
     def play(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[RoundResult]:
+        """Every round of ``round_specs``; on N processes each rank plays its share and all get all."""
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        mine = shard(self.round_specs(trainer), rank, world)
+        results = run_rounds(mine, self.debaters(pl_module), self.judge(trainer, pl_module)) if mine else []
+        if world == 1:
+            return results
+        every = gather_json(trainer, [r.to_dict() for r in results])
+        return [RoundResult.from_dict(d) for part in every for d in part]
+
+    def round_specs(self, trainer: pl.Trainer) -> list[RoundSpec]:
+        raise NotImplementedError
+
+    def debaters(self, pl_module: pl.LightningModule) -> dict[str, Debater]:
         raise NotImplementedError
 
     def metrics(self, results: Sequence[RoundResult]) -> dict[str, float]:
@@ -144,8 +160,8 @@ class _DebateEvaluation(Callback):
     def _run_and_log(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._done_epoch = trainer.current_epoch
         for key, value in self.evaluate(trainer, pl_module).items():
-            if not math.isnan(value):
-                pl_module.log(key, value, on_step=False, on_epoch=True)
+            if not math.isnan(value):  # every rank holds every round's result: equal values, sync_dist keeps them
+                pl_module.log(key, value, on_step=False, on_epoch=True, sync_dist=True)
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.at_start:
@@ -190,12 +206,14 @@ class JudgeEvaluation(_DebateEvaluation):
         super().__init__(questions, format, every_n_epochs, sampling, judge, judge_both_orders, at_start,
                          max_batch_size, seed, judge_probe, judge_probe_name)
 
-    def play(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[RoundResult]:
+    def round_specs(self, trainer: pl.Trainer) -> list[RoundSpec]:
         fmt = self.round_format(trainer)
         names = {"consultancy": ("policy", "") if fmt.consultant_side == 0 else ("", "policy")}.get(
             fmt.kind, ("policy", "policy"))
-        specs = [RoundSpec(q, fmt, names) for q in self.questions()]
-        return run_rounds(specs, {"policy": self.policy(pl_module)}, self.judge(trainer, pl_module))
+        return [RoundSpec(q, fmt, names) for q in self.questions()]
+
+    def debaters(self, pl_module: pl.LightningModule) -> dict[str, Debater]:
+        return {"policy": self.policy(pl_module)}
 
     def metrics(self, results: Sequence[RoundResult]) -> dict[str, float]:
         rs = judged(results)
@@ -255,12 +273,13 @@ class TournamentValidation(_DebateEvaluation):
                 self._baseline = initial_model_generator(pl_module.policy, pl_module.tokenizer, "baseline",
                                                          self.max_batch_size)
 
-    def play(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[RoundResult]:
+    def round_specs(self, trainer: pl.Trainer) -> list[RoundSpec]:
         fmt = self.round_format(trainer)
-        specs = [RoundSpec(q, fmt, names) for q in self.questions()
-                 for names in (("policy", "baseline"), ("baseline", "policy"))]
-        debaters = {"policy": self.policy(pl_module), "baseline": Debater("baseline", self._baseline, self._params)}
-        return run_rounds(specs, debaters, self.judge(trainer, pl_module))
+        return [RoundSpec(q, fmt, names) for q in self.questions()
+                for names in (("policy", "baseline"), ("baseline", "policy"))]
+
+    def debaters(self, pl_module: pl.LightningModule) -> dict[str, Debater]:
+        return {"policy": self.policy(pl_module), "baseline": Debater("baseline", self._baseline, self._params)}
 
     def metrics(self, results: Sequence[RoundResult]) -> dict[str, float]:
         rs = judged(results)

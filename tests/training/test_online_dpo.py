@@ -33,11 +33,11 @@ def probe_rollouts(dm: DebateRolloutDataModule) -> list[dict]:
     seen: list[dict] = []
     play = dm.play
 
-    def recording_play(module, epoch):
+    def recording_play(module, epoch, *shard):
         gen = dm.policy_generator(module)
         tok = module.tokenizer
         probe = gen.score_ids([prompt_ids(tok, PROMPT)], [completion_ids(tok, "the key was under the mat")])[0]
-        rollout = play(module, epoch)
+        rollout = play(module, epoch, *shard)
         seen.append({"epoch": epoch, "probe": probe, "live": gen.model is module.policy, "rollout": rollout,
                      "beta": getattr(module, "beta", None)})
         return rollout

@@ -144,8 +144,8 @@ def _fit(tiny_model, tmp_path, max_epochs, ckpt_path=None):
     played = []
     play = dm.play
 
-    def recording_play(mod, epoch):
-        played.append((dm.epoch, epoch, r := play(mod, epoch)))
+    def recording_play(mod, epoch, *shard):
+        played.append((dm.epoch, epoch, r := play(mod, epoch, *shard)))
         return r
 
     dm.play = recording_play

@@ -63,5 +63,6 @@ class OnlineObjectiveModule(PolicyModule):
         """Log the epoch's rollout stats and times (training time ends at the last step)."""
         dm = getattr(self.trainer, "datamodule", None)
         if isinstance(dm, DebateRolloutDataModule):
+            # already totals over the ranks, so equal on every rank: sync_dist averages equal values
             for key, value in dm.epoch_metrics(self._train_end).items():
-                self.log(key, value, on_step=False, on_epoch=True)
+                self.log(key, value, on_step=False, on_epoch=True, sync_dist=True)

@@ -63,22 +63,44 @@ class Rollout:
     def is_correct_side(self, round_index: int, side: int) -> bool:
         return self.results[round_index].correct_index == side
 
-    def stats(self) -> dict[str, float]:
+    def totals(self) -> dict[str, tuple[float, float]]:
+        """Every rollout stat as (sum, count): ``stats`` divides them. Processes that each played a
+        shard add their totals before dividing, so the means are over all rounds, not of the ranks'
+        means. The counts in ``COUNTED`` are totals themselves (their count is 1 per shard)."""
         judged = [r for r in self.results if r.ok and r.p_a is not None]
         cands = [c for s in self.samples for c in s.candidates]
-        out = {
-            "rollout/rounds": float(len(self.results)),
-            "rollout/speeches": float(len(self.samples)),
-            "rollout/seconds": self.seconds,
-            "rollout/judge_accuracy": _mean([float(bool(r.judge_correct)) for r in judged]),
-            "rollout/judge_p_correct": _mean([_p_correct(r) for r in judged]),
-            "rollout/response_tokens": _mean([float(len(c.response_ids)) for c in cands]),
-            "val/contain_eos_token": _mean([float(c.finished) for c in cands]),
-        }
         scored = [c.score for c in cands if c.score is not None and not math.isnan(c.score)]
-        if scored:
-            out["objective/scores"] = _mean(scored)
+        return {
+            "rollout/rounds": (float(len(self.results)), 1.0),
+            "rollout/speeches": (float(len(self.samples)), 1.0),
+            "rollout/judge_accuracy": (sum(float(bool(r.judge_correct)) for r in judged), float(len(judged))),
+            "rollout/judge_p_correct": (sum(_p_correct(r) for r in judged), float(len(judged))),
+            "rollout/response_tokens": (float(sum(len(c.response_ids) for c in cands)), float(len(cands))),
+            "val/contain_eos_token": (float(sum(c.finished for c in cands)), float(len(cands))),
+            "objective/scores": (float(sum(scored)), float(len(scored))),
+        }
+
+    def stats(self) -> dict[str, float]:
+        out = stats_from_totals(self.totals())
+        out["rollout/seconds"] = self.seconds
         return out
+
+
+COUNTED = ("rollout/rounds", "rollout/speeches", "rollout/examples")
+
+
+def stats_from_totals(totals: dict[str, tuple[float, float]]) -> dict[str, float]:
+    """Means (sum / count; NaN with no count) and, for ``COUNTED`` keys, the sums. A stat that
+    nothing scored (``objective/scores`` without a judge's scores) is left out."""
+    out = {}
+    for key, (total, count) in totals.items():
+        if key in COUNTED:
+            out[key] = total
+        elif count > 0:
+            out[key] = total / count
+        elif key != "objective/scores":
+            out[key] = float("nan")
+    return out
 
 
 def _p_correct(r: RoundResult) -> float:
