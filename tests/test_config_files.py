@@ -29,8 +29,9 @@ def shipped(tmp_path, monkeypatch) -> Path:
 
 def test_the_shipped_configs_are_the_package_data():
     names = shipped_configs()
-    assert names == sorted(p.name for p in PACKAGE_CONFIGS.glob("*.yaml")) + sorted(
-        p.relative_to(PACKAGE_CONFIGS).as_posix() for p in PACKAGE_CONFIGS.glob("*/*.yaml"))
+    assert names == sorted([p.name for p in PACKAGE_CONFIGS.glob("*.yaml")]
+                           + [p.relative_to(PACKAGE_CONFIGS).as_posix() for p in PACKAGE_CONFIGS.glob("*/*.yaml")])
+    assert "strategies/fsdp.yaml" in names
     assert {"dpo.yaml", "sft.yaml", "tournament.yaml"} <= set(names)
 
 

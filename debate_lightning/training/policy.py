@@ -50,9 +50,12 @@ from typing import Any, Literal
 import lightning as L
 import torch
 
+from lightning.pytorch.strategies import ModelParallelStrategy
+
 from debate_lightning import accel
 from debate_lightning.models.chat import chat_ids, text_ids
 from debate_lightning.models.loading import load_model_and_tokenizer, parse_dtype
+from debate_lightning.training.sharding import full_state, full_tensor, grad_norm, is_sharded, shard_model
 
 
 @dataclass
@@ -192,11 +195,13 @@ def adapters_disabled(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
         yield model
 
 
-def save_adapter(model: torch.nn.Module, directory: str | Path) -> Path:
-    """PEFT adapters (or full weights) as safetensors in ``directory``; returns the directory."""
+def save_adapter(model: torch.nn.Module, directory: str | Path, state_dict: dict[str, torch.Tensor] | None = None) -> Path:
+    """PEFT adapters (or full weights) as safetensors in ``directory``; returns the directory.
+    ``state_dict``: whole tensors to write instead of the model's own (a sharded model's, gathered)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(directory, safe_serialization=True)  # type: ignore[operator]
+    extra = {} if state_dict is None else {"state_dict": state_dict}
+    model.save_pretrained(directory, safe_serialization=True, **extra)  # type: ignore[operator]
     return directory
 
 
@@ -305,21 +310,29 @@ def _decoder_and_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn
 
 def completion_logps(model: torch.nn.Module, batch: PackedBatch) -> torch.Tensor:
     """[B, K, Lc] log-probs of each completion token under ``model`` (0 at padding)."""
-    decoder, head = _decoder_and_head(model)
     mask = batch.attention_mask
     if mask.dim() == 4 and getattr(model.config, "_attn_implementation", "sdpa") != "sdpa":
         # eager attention adds the mask to the scores: 0 where allowed, -inf-ish elsewhere
         dtype = next(model.parameters()).dtype
         mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
-    hidden = decoder(input_ids=batch.input_ids, attention_mask=mask, position_ids=batch.position_ids,
-                     use_cache=False).last_hidden_state
     B, K, Lc = batch.targets.shape
     real = batch.completion_mask.bool()
-    rows = torch.arange(B, device=hidden.device)[:, None, None].expand(B, K, Lc)[real]
-    h = hidden[rows, batch.predict_at[real]]  # [N, H]: only positions that predict completion tokens
-    logits = head(h).float()
+    rows = torch.arange(B, device=batch.input_ids.device)[:, None, None].expand(B, K, Lc)[real]
+    if is_sharded(model):
+        # FSDP: enter through the root, whose unit gathers the embeddings and head; the LM head
+        # runs at the positions some row predicts a completion token from (``logits_to_keep``)
+        keep = torch.unique(batch.predict_at[real])
+        out = model(input_ids=batch.input_ids, attention_mask=mask, position_ids=batch.position_ids,
+                    use_cache=False, logits_to_keep=keep)
+        logits = out.logits[rows, torch.searchsorted(keep, batch.predict_at[real])].float()
+    else:
+        decoder, head = _decoder_and_head(model)
+        hidden = decoder(input_ids=batch.input_ids, attention_mask=mask, position_ids=batch.position_ids,
+                         use_cache=False).last_hidden_state
+        h = hidden[rows, batch.predict_at[real]]  # [N, H]: only positions that predict completion tokens
+        logits = head(h).float()
     token_logps = logits.gather(-1, batch.targets[real][:, None]).squeeze(-1) - logits.logsumexp(-1)
-    out = torch.zeros((B, K, Lc), dtype=token_logps.dtype, device=hidden.device)
+    out = torch.zeros((B, K, Lc), dtype=token_logps.dtype, device=logits.device)
     out[real] = token_logps
     return out
 
@@ -360,13 +373,25 @@ class PolicyModule(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         # Lightning has chosen the device by now but not moved the model yet, so ask the strategy.
-        # Only a CPU policy is prepared: a CUDA user's linears stay plain nn.Linear.
-        if self.trainer.strategy.root_device.type == "cpu":
+        # Only a CPU policy is prepared: a CUDA user's linears stay plain nn.Linear; nor is a
+        # policy FSDP will shard (the engine's packed weights are no shards).
+        if self.trainer.strategy.root_device.type == "cpu" and not isinstance(self.trainer.strategy, ModelParallelStrategy):
             accel.prepare_training(self.policy)
             # a ``reference: copy`` (DPO, online DPO, PPO) is a second full model, frozen: prepare it too
             frozen_copy = getattr(getattr(self, "reference", None), "copy", None)
             if frozen_copy is not None:
                 accel.prepare_training(frozen_copy)
+
+    def configure_model(self) -> None:
+        """Under FSDP (``strategies/fsdp.yaml``): shard the policy's decoder blocks and the rest
+        (and a frozen reference copy the same way). Other strategies leave the model whole."""
+        mesh = getattr(self, "_device_mesh", None)
+        if mesh is None or is_sharded(self.policy):
+            return
+        shard_model(self.policy, mesh["data_parallel"])
+        frozen_copy = getattr(getattr(self, "reference", None), "copy", None)
+        if frozen_copy is not None:
+            shard_model(frozen_copy, mesh["data_parallel"])
 
     # -- metrics ---------------------------------------------------------------------------------
     def track(self, name: str, total: torch.Tensor | float, count: torch.Tensor | float) -> None:
@@ -385,10 +410,8 @@ class PolicyModule(L.LightningModule):
             self.track(name, v.detach().sum(), v.shape[0])
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        grads = [p.grad.detach().float().norm() for p in self.parameters() if p.grad is not None]
-        grad_norm = torch.stack(grads).norm() if grads else torch.zeros((), device=self.device)
         names = sorted(self._sums)
-        metrics = {"grad_norm": grad_norm.float(), "learning_rate": torch.tensor(optimizer.param_groups[0]["lr"])}
+        metrics = {"grad_norm": grad_norm(self.parameters(), self.device), "learning_rate": torch.tensor(optimizer.param_groups[0]["lr"])}
         if names:
             stacked = torch.stack([torch.stack(self._sums[n]) for n in names])  # [M, 2]
             stacked = self.trainer.strategy.reduce(stacked, reduce_op="sum")
@@ -442,12 +465,18 @@ class PolicyModule(L.LightningModule):
         root = Path(self.trainer.log_dir or self.trainer.default_root_dir)
         if self.trainer.world_size > 1:
             self._check_replicas(root)
-        if self.policy_config.save_adapter and self.trainer.is_global_zero:
-            save_adapter(self.policy, root / "adapter")
+        if self.policy_config.save_adapter:
+            state = None  # a sharded policy is gathered whole first, on every rank
+            if is_sharded(self.policy):
+                state = full_state(self.policy, trainable_only=has_adapters(self.policy))
+            if self.trainer.is_global_zero:
+                save_adapter(self.policy, root / "adapter", state)
 
     def _check_replicas(self, root: Path) -> None:
-        """DDP replicas must hold bitwise-identical weights; compare per-tensor sums across ranks."""
-        mine = torch.stack([p.detach().double().sum() for p in self.policy.parameters() if p.requires_grad])
+        """Replicas must hold bitwise-identical weights; compare per-tensor sums across ranks. Under
+        FSDP each rank holds shards, so the sums are of the whole tensors (gathered)."""
+        trainable = [p.detach() for p in self.policy.parameters() if p.requires_grad]
+        mine = torch.stack([full_tensor(p).double().sum() for p in trainable])
         every = self.all_gather(mine).reshape(self.trainer.world_size, -1)
         if self.trainer.is_global_zero:
             root.mkdir(parents=True, exist_ok=True)

@@ -99,7 +99,7 @@ def test_consultancy_rollouts_train(tiny_model, tmp_path):
     dm = tiny_datamodule(tiny_model, batch_size=2, format=Format(kind="consultancy", num_speeches=2))
     seen = probe_rollouts(dm)
     trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False)
+                         enable_progress_bar=False, default_root_dir=tmp_path)
     trainer.fit(module, dm)
     rollout = seen[0]["rollout"]
     # one speaker per round, two speeches each; opening_only keeps the first speech's pair only

@@ -151,7 +151,8 @@ def _fit(tiny_model, tmp_path, max_epochs, ckpt_path=None):
     dm.play = recording_play
     ckpt = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_top_k=-1)
     trainer = pl.Trainer(max_epochs=max_epochs, accelerator="cpu", logger=False, callbacks=[ckpt],
-                         enable_progress_bar=False, enable_model_summary=False, deterministic=True)
+                         enable_progress_bar=False, enable_model_summary=False, deterministic=True,
+                         default_root_dir=tmp_path)
     trainer.fit(module, dm, ckpt_path=ckpt_path)
     return played, dm
 
@@ -180,7 +181,7 @@ def test_any_generator_can_judge(tiny_model, tmp_path):
                                  rounds_per_epoch=2, num_candidates=2, sampling=TINY_SAMPLING,
                                  judge_generator=RandomGenerator(seed=1), batch_size=2)
     trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False)
+                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
     trainer.fit(module, dm)
     assert dm.last_rollout is not None and dm.last_rollout.results[0].judge == "judge"
     assert len(dm.last_examples) == 4  # random scores never tie: one pair per speech
