@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.distributed.tensor import DTensor
 
 from debate_lightning import accel
 from debate_lightning.models import chat as chat_tokens
@@ -53,7 +54,9 @@ class HFGenerator(LocalGenerator):
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         self.model, self.tokenizer = model, tokenizer
-        self.accel = accel.enabled(self.device, options.accel)
+        # the CPU engine reads weights whole; a live model sharded by FSDP runs stock transformers
+        self.sharded = any(isinstance(p, DTensor) for p in model.parameters())
+        self.accel = accel.enabled(self.device, options.accel) and not self.sharded
         if self.accel and not self.live_model:
             accel.prepare_inference(model, options.packed_linear, options.fused_modules, options.prefix_cache)
         self.max_batch_size = max_batch_size
@@ -109,7 +112,7 @@ class HFGenerator(LocalGenerator):
                 self.clear_cache()
                 if config is not None:
                     config.use_cache = True  # training turned it off; generation needs it
-            with (self._around() if self._around else contextlib.nullcontext()), eval_mode(self.model):
+            with (self._around() if self._around else contextlib.nullcontext()), eval_mode(self.model, inference=not self.sharded):
                 yield
         finally:
             if self.live_model and config is not None:

@@ -89,15 +89,17 @@ def load_model_and_tokenizer(
 
 
 @contextlib.contextmanager
-def eval_mode(model: torch.nn.Module) -> Iterator[None]:
+def eval_mode(model: torch.nn.Module, inference: bool = True) -> Iterator[None]:
     """No grad and dropout off for the duration; the previous training mode comes back after.
 
     A live training policy generates rollouts through this, so it must not stay in eval mode.
+    ``inference=False``: ``no_grad`` instead of ``inference_mode`` (FSDP's gathered weights must
+    stay ordinary tensors).
     """
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode():
+        with torch.inference_mode() if inference else torch.no_grad():
             yield
     finally:
         model.train(was_training)

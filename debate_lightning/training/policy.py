@@ -55,7 +55,8 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 from debate_lightning import accel
 from debate_lightning.models.chat import chat_ids, text_ids
 from debate_lightning.models.loading import load_model_and_tokenizer, parse_dtype
-from debate_lightning.training.sharding import full_state, full_tensor, grad_norm, is_sharded, shard_model
+from debate_lightning.training.sharding import (full_state, full_tensor, grad_norm, is_sharded, shard_model,
+                                                shard_trainable_rest)
 
 
 @dataclass
@@ -392,6 +393,7 @@ class PolicyModule(L.LightningModule):
         frozen_copy = getattr(getattr(self, "reference", None), "copy", None)
         if frozen_copy is not None:
             shard_model(frozen_copy, mesh["data_parallel"])
+        shard_trainable_rest(self, mesh["data_parallel"])  # e.g. PPO's value head: one unit each
 
     # -- metrics ---------------------------------------------------------------------------------
     def track(self, name: str, total: torch.Tensor | float, count: torch.Tensor | float) -> None:
@@ -475,7 +477,7 @@ class PolicyModule(L.LightningModule):
     def _check_replicas(self, root: Path) -> None:
         """Replicas must hold bitwise-identical weights; compare per-tensor sums across ranks. Under
         FSDP each rank holds shards, so the sums are of the whole tensors (gathered)."""
-        trainable = [p.detach() for p in self.policy.parameters() if p.requires_grad]
+        trainable = [p.detach() for p in self.parameters() if p.requires_grad]  # the policy's, a value head's
         mine = torch.stack([full_tensor(p).double().sum() for p in trainable])
         every = self.all_gather(mine).reshape(self.trainer.world_size, -1)
         if self.trainer.is_global_zero:

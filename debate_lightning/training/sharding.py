@@ -101,6 +101,16 @@ def shard_model(model: torch.nn.Module, mesh: Any) -> int:
     return len(blocks)
 
 
+def shard_trainable_rest(module: torch.nn.Module, mesh: Any) -> None:
+    """``fully_shard`` each child of ``module`` that has trainable weights and is not sharded yet
+    (a value head beside the policy): FSDP then averages its gradients too, as DDP would."""
+    from torch.distributed.fsdp import fully_shard
+
+    for child in module.children():
+        if not is_sharded(child) and any(p.requires_grad for p in child.parameters()):
+            fully_shard(child, mesh=mesh)
+
+
 def is_sharded(model: torch.nn.Module) -> bool:
     return any(isinstance(p, DTensor) for p in model.parameters())
 

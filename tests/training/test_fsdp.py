@@ -82,3 +82,25 @@ def test_fsdp_resumes_from_its_sharded_checkpoint(tiny_model, pairs, tmp_path):
     ours, theirs = (load_file(r / "adapter" / "adapter_model.safetensors") for r in (rest_run, whole_run))
     for key in theirs:
         torch.testing.assert_close(ours[key], theirs[key], atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("config", ["online_dpo.yaml", "ppo.yaml"])
+def test_online_objectives_under_fsdp(tiny_model, tmp_path, config):
+    """Rollouts from a sharded policy (stock generation through the root, no_grad), its base as
+    the judge, PPO's value head sharded beside it: one epoch on 2 ranks, replicas identical."""
+    no_callbacks = tmp_path / "no_callbacks.yaml"
+    no_callbacks.write_text("trainer:\n  callbacks: []\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "debate_lightning", "fit", "--config", str(ROOT / "configs" / config),
+           "--config", str(ROOT / "configs" / "strategies" / "fsdp.yaml"), "--config", str(no_callbacks),
+           f"--model.init_args.policy.model={tiny_model}", f"--data.init_args.judge.path={tiny_model}",
+           "--data.init_args.rounds_per_epoch=2", "--data.init_args.sampling.max_new_tokens=4",
+           "--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.max_epochs=1",
+           f"--trainer.default_root_dir={tmp_path}", "--trainer.enable_progress_bar=false"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = next(tmp_path.glob("*/version_0"))
+    assert sorted(p.name for p in (run / "rollouts").iterdir()) == ["epoch-0000-rank-0.jsonl", "epoch-0000-rank-1.jsonl"]
+    fingerprints = json.loads((run / "replica_fingerprints.json").read_text())
+    assert fingerprints[0] == fingerprints[1] and len(fingerprints[0]) == (10 if config == "ppo.yaml" else 8)
+    assert (run / "adapter" / "adapter_model.safetensors").is_file()

@@ -32,6 +32,7 @@ from debate_lightning.training.online.base import OnlineObjectiveModule
 from debate_lightning.training.online.records import Rollout, trajectories
 from debate_lightning.training.policy import OptimConfig, PackedBatch, PolicyConfig, adapters_disabled, pack
 from debate_lightning.training.reference import Reference
+from debate_lightning.training.sharding import is_sharded
 
 
 def response_forward(
@@ -44,12 +45,23 @@ def response_forward(
     Logits are divided by ``temperature`` (the sampling temperature, as TRL does), so the ratios
     and KL refer to the distribution the rollout sampled from.
     """
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    hidden = base.get_decoder()(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                                position_ids=batch.position_ids, use_cache=False).last_hidden_state
     at = batch.predict_at[:, 0]  # [B, T]
-    h = hidden.gather(1, at[..., None].expand(*at.shape, hidden.shape[-1]))  # [B, T, H]
-    logits = base.get_output_embeddings()(h).float() / temperature
+    if is_sharded(model):
+        # FSDP: enter through the root (its unit gathers embeddings, norm and head); the LM head
+        # runs at the positions some row predicts a response token from
+        keep = torch.unique(at)
+        out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
+                    use_cache=False, output_hidden_states=True, logits_to_keep=keep)
+        hidden = out.hidden_states[-1]
+        h = hidden.gather(1, at[..., None].expand(*at.shape, hidden.shape[-1]))  # [B, T, H]
+        rows = torch.arange(at.shape[0], device=at.device)[:, None]
+        logits = out.logits[rows, torch.searchsorted(keep, at)].float() / temperature
+    else:
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        hidden = base.get_decoder()(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                    position_ids=batch.position_ids, use_cache=False).last_hidden_state
+        h = hidden.gather(1, at[..., None].expand(*at.shape, hidden.shape[-1]))  # [B, T, H]
+        logits = base.get_output_embeddings()(h).float() / temperature
     logp_all = logits.log_softmax(-1)
     logp = logp_all.gather(-1, batch.targets[:, 0][..., None]).squeeze(-1)
     entropy = -(logp_all.exp() * logp_all).sum(-1)
