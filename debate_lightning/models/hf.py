@@ -47,7 +47,7 @@ class HFGenerator(LocalGenerator):
         self.live_model = model is not None
         if model is None:
             model, tokenizer = load_model_and_tokenizer(path, dtype, device, adapter, options.gguf_file,
-                                                        trust_remote_code)
+                                                        trust_remote_code, options.load_in_4bit)
             model.requires_grad_(False)  # ours, for inference only: frozen
         elif tokenizer is None:
             raise ValueError("HFGenerator(model=...) also needs its tokenizer")

@@ -53,6 +53,30 @@ def auto_dtype(device: str) -> str:
     return "bfloat16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "float32"
 
 
+def local_cuda_device() -> str:
+    """This process's GPU: ``cuda:<local rank>`` from the launcher (``LOCAL_RANK``, or Slurm's
+    ``SLURM_LOCALID``), ``cuda:0`` in a single process."""
+    import os
+
+    return f"cuda:{int(os.environ.get('LOCAL_RANK', os.environ.get('SLURM_LOCALID', '0')))}"
+
+
+def nf4_config(dtype: str | torch.dtype) -> Any:
+    """bitsandbytes 4-bit NF4 weights (QLoRA's), computing in ``dtype``."""
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=parse_dtype(dtype),
+                              bnb_4bit_use_double_quant=True)
+
+
+def check_4bit(device: str, where: str) -> None:
+    """4-bit needs CUDA (bitsandbytes' NF4 kernels); anything else is a ValueError naming ``where``."""
+    if not (device.startswith("cuda") and torch.cuda.is_available()):
+        raise ValueError(f"{where}: load_in_4bit needs a CUDA GPU (bitsandbytes NF4), but this runs on "
+                         f"{device!r}{'' if torch.cuda.is_available() else ' and no GPU is visible'}; set "
+                         "load_in_4bit: false, or run on a GPU node with the [quant] extra installed")
+
+
 def load_model_and_tokenizer(
     path: str = EMBEDDED,
     dtype: str | torch.dtype = "float32",
@@ -60,10 +84,16 @@ def load_model_and_tokenizer(
     adapter: str | None = None,
     gguf_file: str | None = None,
     trust_remote_code: bool = False,
+    load_in_4bit: bool = False,
 ):
-    """Load a causal LM and its tokenizer from a directory, a hub id, a GGUF file or ``embedded``."""
+    """Load a causal LM and its tokenizer from a directory, a hub id, a GGUF file or ``embedded``.
+
+    ``load_in_4bit``: NF4 weights on this process's GPU (``device_map`` pins the whole model to
+    ``cuda:<local rank>``, so every DDP rank quantizes its own replica on its own GPU)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if load_in_4bit:
+        check_4bit(resolve_device(device), f"model {path}")
     source = resolve(path)
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
     if gguf_file is None and str(source).endswith(".gguf"):
@@ -74,6 +104,9 @@ def load_model_and_tokenizer(
     if local and not Path(source).expanduser().exists():  # a hub id is "name" or "org/name"
         raise FileNotFoundError(f"model directory {source} does not exist")
     tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+    if load_in_4bit:
+        device = local_cuda_device() if resolve_device(device) == "cuda" else device
+        kwargs.update(quantization_config=nf4_config(dtype), device_map={"": device})
     model = AutoModelForCausalLM.from_pretrained(source, dtype=parse_dtype(dtype), **kwargs)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -83,7 +116,8 @@ def load_model_and_tokenizer(
         if not Path(adapter).exists():
             raise FileNotFoundError(f"PEFT adapter directory {adapter} does not exist")
         model = PeftModel.from_pretrained(model, adapter)
-    model.to(device)
+    if not load_in_4bit:  # a quantized model was placed by its device_map
+        model.to(device)
     model.eval()
     return model, tokenizer
 

@@ -27,6 +27,8 @@ class HFOptions:
         packed_linear: the engine's packed oneDNN linears for frozen fp32 weights.
         fused_modules: the engine's one-call RMSNorm/MLP and trimmed last layer.
         gguf_file: the GGUF file inside ``path`` (a ``.gguf`` path finds it by itself).
+        load_in_4bit: NF4 weights (bitsandbytes, the ``[quant]`` extra) on this process's GPU, for
+            judges and debaters larger than its memory; CUDA only (elsewhere an error).
     """
 
     accel: bool = True
@@ -38,6 +40,7 @@ class HFOptions:
     packed_linear: bool = True
     fused_modules: bool = True
     gguf_file: str | None = None
+    load_in_4bit: bool = False
 
     def __post_init__(self) -> None:
         if self.prefix_cache and (self.prefix_cache_size < 1 or self.prefix_cache_gb <= 0):

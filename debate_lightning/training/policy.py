@@ -54,7 +54,7 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 
 from debate_lightning import accel
 from debate_lightning.models.chat import chat_ids, text_ids
-from debate_lightning.models.loading import load_model_and_tokenizer, parse_dtype
+from debate_lightning.models.loading import load_model_and_tokenizer
 from debate_lightning.training.sharding import (full_state, full_tensor, grad_norm, is_sharded, shard_model,
                                                 shard_trainable_rest)
 
@@ -136,10 +136,12 @@ def build_policy(
     trust_remote_code: bool = False,
 ) -> tuple[torch.nn.Module, Any]:
     """Load a causal LM for training; see the module docstring."""
-    if load_in_4bit:
-        base, tokenizer = _load_4bit(model, dtype, trust_remote_code)
-    else:
-        base, tokenizer = load_model_and_tokenizer(model, dtype=dtype, trust_remote_code=trust_remote_code)
+    base, tokenizer = load_model_and_tokenizer(model, dtype=dtype, device="cuda" if load_in_4bit else "cpu",
+                                               trust_remote_code=trust_remote_code, load_in_4bit=load_in_4bit)
+    if load_in_4bit:  # QLoRA: norms in fp32, input grads on for adapters over frozen 4-bit weights
+        from peft import prepare_model_for_kbit_training
+
+        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
     base.config.use_cache = False
     if gradient_checkpointing:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -162,24 +164,6 @@ def build_policy(
     # No CPU acceleration here: the policy's device is not known yet (PolicyModule.setup knows it).
     policy.train()
     return policy, tokenizer
-
-
-def _load_4bit(model: str, dtype: str, trust_remote_code: bool) -> tuple[torch.nn.Module, Any]:
-    if not torch.cuda.is_available():
-        raise RuntimeError("load_in_4bit needs CUDA (bitsandbytes); set load_in_4bit: false on CPU")
-    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
-
-    from debate_lightning.models.embedded import resolve
-
-    source = resolve(model)
-    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=parse_dtype(dtype))
-    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
-    base = AutoModelForCausalLM.from_pretrained(source, quantization_config=quant, trust_remote_code=trust_remote_code)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    from peft import prepare_model_for_kbit_training
-
-    return prepare_model_for_kbit_training(base, use_gradient_checkpointing=False), tokenizer
 
 
 def has_adapters(model: torch.nn.Module) -> bool:
