@@ -32,6 +32,12 @@ run: setup
 test: setup
 	$(PY) -m pytest -q
 
+# The tested set as pip constraints (every package of .venv, name==version), which
+# Singularity.def installs with; rerun after the venv changes and commit constraints.txt.
+.PHONY: constraints
+constraints: setup
+	bash scripts/write_constraints.sh $(PY) constraints.txt
+
 # The peer venv benchmarks/dpo_vs_trl.py runs TRL in (TRL is no dependency of the package): torch
 # first and pinned, then TRL 1.16 with the package venv's transformers and peft. Built once; rebuilt
 # only when the package's venv or the install scripts change.
