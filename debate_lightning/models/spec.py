@@ -70,7 +70,7 @@ class ModelSpec:
         path: local directory, hub id, ``.gguf`` file, or ``embedded`` (hf backend).
         model: the API model name (API backends).
         dtype: ``auto`` picks bfloat16 where the hardware runs it fast, else float32.
-        device: ``cpu``, ``cuda``, ``cuda:1``, or ``auto``.
+        device: ``auto`` (CUDA where there is a GPU, else the CPU), ``cpu``, ``cuda``, ``cuda:1``.
         adapter: a PEFT adapter directory to load on top (hf backend).
         max_batch_size: most sequences per forward/generate call (hf backend).
         base_url: the server URL (openai_compatible).
@@ -83,7 +83,7 @@ class ModelSpec:
     path: str = "embedded"
     model: str | None = None
     dtype: str = "auto"
-    device: str = "cpu"
+    device: str = "auto"
     adapter: str | None = None
     max_batch_size: int = 32
     base_url: str | None = None

@@ -1,14 +1,17 @@
 """Every LightningCLI config in configs/ parses and trains for one step on a tiny model, writing
-only under ``--trainer.default_root_dir``; typed arguments and precise errors."""
+only under ``--trainer.default_root_dir``, with its shipped ``accelerator: auto`` and ``precision:
+auto`` resolved for this CPU; typed arguments and precise errors."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
+from lightning.pytorch.accelerators import CPUAccelerator, CUDAAccelerator
 
-from debate_lightning.cli import cli_main
+from debate_lightning.cli import DebateCLI, cli_main
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -34,9 +37,50 @@ def _embedded_overrides(node, prefix: str, tiny: str) -> list[str]:
     return out
 
 
+def _model_specs(node, where: str = ""):
+    """(where, spec) for every model spec (a mapping with a ``backend``) under ``node``."""
+    if isinstance(node, dict):
+        if "backend" in node:
+            yield where, node
+        for k, v in node.items():
+            yield from _model_specs(v, f"{where}.{k}" if where else k)
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from _model_specs(v, f"{where}[{i}]")
+
+
 def test_sft_and_dpo_configs_are_found():
     names = {p.name for p in lightning_configs()}
-    assert {"sft.yaml", "dpo.yaml"} <= names
+    assert {"dpo.yaml", "sft.yaml", "online_dpo.yaml", "online_dpo_consultancy.yaml", "ppo.yaml", "probe.yaml"} <= names
+
+
+# This CPU has no GPU: what `accelerator: auto` and `precision: auto` must come to here.
+THIS_MACHINE = (("cuda", "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed")
+                if CUDAAccelerator.is_available() else ("cpu", "32-true"))
+
+
+@pytest.mark.parametrize("config", lightning_configs(), ids=lambda p: p.name)
+def test_fit_configs_ship_device_independent_settings(config, tiny_model, tmp_path, monkeypatch, capsys):
+    """The shipped file says `auto` for accelerator, precision and every model's device, and the CLI
+    turns it, unchanged but for the tiny model, into a CPU trainer in 32-true here."""
+    doc = yaml.safe_load(config.read_text())
+    assert doc["trainer"]["accelerator"] == "auto" and doc["trainer"]["precision"] == "auto"
+    devices = {where: spec.get("device") for where, spec in _model_specs(doc)}
+    if "device" in doc["data"]["init_args"]:  # probe.yaml's extraction model
+        devices["data.init_args.device"] = doc["data"]["init_args"]["device"]
+    assert all(d == "auto" for d in devices.values()), devices
+    if config.name not in ("dpo.yaml", "sft.yaml"):  # those load no model besides the policy
+        assert devices, f"{config.name}: expected a model spec with a device"
+
+    monkeypatch.chdir(tmp_path)
+    overrides = _embedded_overrides(doc["model"], "model", tiny_model) + _embedded_overrides(doc["data"], "data", tiny_model)
+    cli = DebateCLI(args=["--config", str(config), *overrides], run=False)
+    accelerator, precision = THIS_MACHINE
+    assert cli.trainer.precision == precision
+    assert isinstance(cli.trainer.accelerator, CPUAccelerator) == (accelerator == "cpu")
+    assert cli.config.trainer.precision == precision  # what config.yaml records
+    assert cli.config.trainer.accelerator == "auto"   # where it runs stays portable
+    assert f"trainer.precision: auto -> {precision} (accelerator {accelerator})" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("config", lightning_configs(), ids=lambda p: p.name)
@@ -61,6 +105,8 @@ def test_config_trains_one_step_under_default_root_dir(config, tiny_model, tmp_p
         assert (run_dir / "adapter" / "adapter_model.safetensors").is_file()
     resolved = yaml.safe_load(saved[0].read_text())
     assert resolved["trainer"]["max_steps"] == 1
+    # it ran with the shipped `auto` settings, and the record says what they came to here
+    assert resolved["trainer"]["accelerator"] == "auto" and resolved["trainer"]["precision"] == THIS_MACHINE[1]
 
 
 def test_print_config_shows_every_policy_and_optim_field(capsys):
