@@ -29,8 +29,9 @@ run: setup
 	# --resume: a second `make run` finishes (or just re-reports) the same run instead of refusing.
 	$(PY) -m debate_lightning tournament --config configs/tournament.yaml --output outputs/tournament --resume
 
+# PYTEST_ARGS: e.g. -m "not multiprocess", -k probe
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 # The tested set as pip constraints (every package of .venv, name==version), which
 # Singularity.def installs with; rerun after the venv changes and commit constraints.txt.

@@ -237,14 +237,15 @@ def finish_tracking(trainer: Trainer | None, exit_code: int) -> None:
 
 
 def last_checkpoint(trainer: Any) -> Path | None:
-    """The newest ``last*.ckpt`` of this run's logger name, whatever its version; None if there
-    is none (or a ModelCheckpoint has a fixed ``dirpath``, where Lightning finds it itself)."""
+    """The newest ``last*.ckpt`` of this run's logger name, whatever its version (a file, or the
+    directory of a sharded FSDP checkpoint); None if there is none (or a ModelCheckpoint has a
+    fixed ``dirpath``, where Lightning finds it itself)."""
     callbacks = [cb for cb in trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint)]
     if not trainer.loggers or not callbacks or any(cb.dirpath is not None for cb in callbacks):
         return None
     logger = trainer.loggers[0]
     base = Path(logger.save_dir if logger.save_dir is not None else trainer.default_root_dir, str(logger.name))
-    found = [p for p in base.glob("*/checkpoints/last*.ckpt") if p.is_file()]
+    found = [p for p in base.glob("*/checkpoints/last*.ckpt") if p.is_file() or (p / ".metadata").is_file()]
     return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
 

@@ -27,6 +27,7 @@ import tomllib
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+import pytest
 from packaging.requirements import Requirement
 
 from debate_lightning.models.embedded import cache_root
@@ -134,6 +135,7 @@ def _dpo_flags(model: Path) -> list[str]:
             "--trainer.max_steps=2", "--trainer.callbacks=[]"]
 
 
+@pytest.mark.multiprocess
 def test_ddp_sbatch_trains_dpo_on_two_slurm_tasks(tiny_model_dir, tmp_path):
     run = _run_on_two_tasks("ddp.sbatch", "configs/dpo.yaml", tmp_path, *_dpo_flags(tiny_model_dir))
     config = (run / "config.yaml").read_text()
@@ -144,6 +146,7 @@ def test_ddp_sbatch_trains_dpo_on_two_slurm_tasks(tiny_model_dir, tmp_path):
     assert (run / "adapter" / "adapter_model.safetensors").is_file()
 
 
+@pytest.mark.multiprocess
 def test_ddp_sbatch_trains_online_dpo_on_two_slurm_tasks(tiny_model_dir, tmp_path):
     callbacks = tmp_path / "callbacks.yaml"
     callbacks.write_text("trainer:\n  callbacks:\n    - class_path: lightning.pytorch.callbacks.ModelCheckpoint\n"
@@ -164,6 +167,7 @@ def test_ddp_sbatch_trains_online_dpo_on_two_slurm_tasks(tiny_model_dir, tmp_pat
     assert (run / "checkpoints" / "last.ckpt").is_file()
 
 
+@pytest.mark.multiprocess
 def test_fsdp_sbatch_trains_dpo_on_two_slurm_tasks(tiny_model_dir, tmp_path):
     run = _run_on_two_tasks("fsdp.sbatch", "configs/dpo.yaml", tmp_path, *_dpo_flags(tiny_model_dir))
     config = (run / "config.yaml").read_text()
@@ -180,6 +184,7 @@ def _round_ids(directory: Path) -> list[str]:
     return [json.loads(line)["round_id"] for line in (directory / "rounds.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.multiprocess
 def test_tournament_shards_sbatch_two_array_tasks_then_merge(tmp_path):
     import yaml
 

@@ -197,6 +197,7 @@ def test_resume_reproduces_uninterrupted_run(scheduler, tiny_model, tmp_path, ma
         assert resumed[step] == pytest.approx(full[step], abs=1e-6), (step, resumed, full)
 
 
+@pytest.mark.multiprocess
 def test_ddp_two_cpu_ranks_end_identical(tiny_model, tmp_path, make_pairs):
     pairs = make_pairs(tmp_path / "p.jsonl", n=8)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}

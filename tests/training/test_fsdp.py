@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.multiprocess  # every test here launches 2 processes
 
 
 def _fit(tiny_model: str, pairs: str, root: Path, *extra: str, fsdp: bool = True, steps: int = 3) -> Path:
@@ -73,8 +74,8 @@ def test_fsdp_resumes_from_its_sharded_checkpoint(tiny_model, pairs, tmp_path):
     whole_run = _fit(tiny_model, pairs, tmp_path / "whole", "--model.init_args.policy.lora.r=4")
     first = _fit(tiny_model, pairs, tmp_path / "part", "--model.init_args.policy.lora.r=4", steps=2)
     assert sorted(_metrics(first)) == [0, 1]
-    last = first / "checkpoints" / "last.ckpt"
-    rest_run = _fit(tiny_model, pairs, tmp_path / "part", "--model.init_args.policy.lora.r=4", f"--ckpt_path={last}")
+    assert (first / "checkpoints" / "last.ckpt" / ".metadata").is_file()
+    rest_run = _fit(tiny_model, pairs, tmp_path / "part", "--model.init_args.policy.lora.r=4", "--ckpt_path=last")
     rest, whole = _metrics(rest_run), _metrics(whole_run)
     assert sorted(rest) == [2]  # continues at the step after the checkpoint
     assert rest[2]["loss"] == pytest.approx(whole[2]["loss"], abs=1e-6)  # the trained adapters were restored

@@ -108,6 +108,7 @@ def _rounds(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+@pytest.mark.multiprocess
 def test_online_dpo_on_two_processes(tiny_model, tmp_path):
     """2 gloo ranks: each plays its shard of every epoch's plan, the metrics are totals over both
     (rollouts and the judge evaluation callback), the replicas end identical, and a run resumed at
@@ -165,6 +166,7 @@ def test_judge_from_policy_auto_only_when_the_judge_is_the_policys_model(tiny_mo
     assert _dm(judge=same, judge_from_policy=True).judges_from_policy(full)  # asked for: a frozen copy
 
 
+@pytest.mark.multiprocess
 def test_ppo_on_two_processes(tiny_model, tmp_path):
     _fit(tiny_model, tmp_path / "ppo", 1, config="ppo.yaml")
     run = tmp_path / "ppo" / "ppo" / "version_0"
