@@ -26,6 +26,9 @@ BACKENDS: dict[str, str | Factory] = {
     "random": "debate_lightning.models.scripted:build_random",
     "deterministic": "debate_lightning.models.scripted:build_deterministic",
     "replay": "debate_lightning.models.scripted:build_replay",
+    # Debater-only: a tournament turns these into debate/replay.py's ReplayDebater.
+    "human_replay": "debate_lightning.models.scripted:build_speech_replay",
+    "offline": "debate_lightning.models.scripted:build_speech_replay",
 }
 
 

@@ -5,6 +5,10 @@
 - ``RecordingGenerator`` wraps any generator and appends every (chat, text) it produces to a
   JSONL recording; ``ReplayGenerator`` plays a recording back, answering the same chat with
   the same text, so a saved run can be re-judged or re-analysed without regenerating speech.
+- ``human_replay`` and ``offline`` (recorded human debates, one debater of an earlier run) are
+  listed in the registry but built as debaters by the debate room (``debate/replay.py``): a chat
+  does not say which question, side and speech it asks for. ``build_speech_replay`` refuses them
+  anywhere else (as a judge, a policy, a served model) with that reason.
 """
 
 from __future__ import annotations
@@ -129,3 +133,10 @@ def build_deterministic(spec: ModelSpec, name: str) -> Generator:
 
 def build_replay(spec: ModelSpec, name: str) -> Generator:
     return ReplayGenerator(spec.path, name=name)
+
+
+def build_speech_replay(spec: ModelSpec, name: str) -> Generator:
+    raise ValueError(
+        f"model {name!r}: backend {spec.backend!r} replays recorded debater speeches by question, side and speech "
+        "number, which a chat does not carry; only a tournament debater can use it (not a judge, policy or server)"
+    )

@@ -8,7 +8,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from debate_lightning.debate.engine import RoundResult
+from debate_lightning.debate.replay import REFUSED, human_judge_accuracy
 from debate_lightning.tournament.metrics import DEFAULT_BOOTSTRAP, compute_metrics
 from debate_lightning.tournament.results import ResultsFile
 
@@ -26,6 +29,7 @@ def write_report(directory: str | Path, n_boot: int = DEFAULT_BOOTSTRAP, seed: i
     metrics = compute_metrics(rounds, n_boot=n_boot, seed=seed, by_judge=by_judge)
     if metrics["judge_comparison"] is not None:
         metrics["judge_comparison"]["rejudge_source"] = source
+    metrics["human_judges"] = human_judges(directory, rounds)
     (directory / "metrics.json").write_text(json.dumps(_clean(metrics), indent=2, allow_nan=False) + "\n")
     images = _plots(metrics, directory) if plots else {}
     (directory / "report.md").write_text(_markdown(metrics, images, directory))
@@ -53,6 +57,28 @@ def judges_of(directory: Path) -> tuple[dict[str, list[RoundResult]], str | None
                         by_judge.setdefault(r.judge, {})[r.round_id] = r
                 break
     return {name: list(rounds.values()) for name, rounds in by_judge.items()}, source
+
+
+def human_judges(directory: Path, rounds: list[RoundResult]) -> dict | None:
+    """For a run whose debaters replay human debates (backend ``human_replay``): the human judges'
+    accuracy recorded in that file on the questions the model judge judged, and the rounds the
+    data could not fill (refused, never made up). None for any other run."""
+    saved = directory / "config.yaml"
+    config = (yaml.safe_load(saved.read_text()) or {}) if saved.is_file() else {}
+    paths = sorted({m.get("path") for m in (config.get("models") or {}).values()
+                    if isinstance(m, dict) and m.get("backend") == "human_replay"})
+    if not paths:
+        return None
+    refused = [r for r in rounds if not r.ok and REFUSED in (r.error or "")]
+    out: dict[str, Any] = {"files": paths, "refused": len(refused), "refused_rounds": [
+        {"round_id": r.round_id, "question_id": r.question.get("question_id"), "error": r.error} for r in refused]}
+    judged_ids = [r.question["question_id"] for r in rounds if r.ok and r.p_a is not None]
+    try:
+        out["humans"] = human_judge_accuracy(paths[0], judged_ids)
+    except (OSError, ValueError) as e:  # the file moved since the run: say so, keep the rest
+        out["humans"] = None
+        out["humans_error"] = str(e)
+    return out
 
 
 def _clean(x: Any) -> Any:
@@ -110,6 +136,7 @@ def _markdown(m: dict, images: dict[str, str], directory: Path) -> str:
         rows = [[k, str(a["rounds"]), _ci(a["binary"]), _ci(a["prob"])] for k, a in acc["by_matchup"].items()]
         out += ["Per matchup:", "", _table(["format: matchup", "rounds", "binary", "probabilistic"], rows), ""]
     out += _image(images, "accuracy")
+    out += _human(m.get("human_judges"), acc["overall"])
 
     if m["format_comparisons"]:
         out += ["## Debate vs consultancy", "",
@@ -212,6 +239,27 @@ def _comparison(c: dict | None, reported: list[str]) -> list[str]:
     rows = [[f"`{a['a']}`", f"`{a['b']}`", str(a["rounds"]), _f(a["agreement"])] for a in c["agreement"]]
     out += [_table(["judge", "judge", "rounds judged by both", "agreement"], rows), ""]
     return out
+
+
+def _human(h: dict | None, model: dict) -> list[str]:
+    """The model judge next to the human judges of the same replayed human debates."""
+    if not h:
+        return []
+    out = ["## Model judge vs human judges", "",
+           f"Both sides replayed the human debaters' recorded speeches ({', '.join(f'`{p}`' for p in h['files'])}).", ""]
+    hu = h.get("humans")
+    if hu is None:
+        out += [f"Human judges' accuracy unavailable: {h.get('humans_error')}", ""]
+    else:
+        rows = [["model judge", f"{model['rounds']} rounds", _ci(model["binary"]), _ci(model["prob"])],
+                ["human judges (recorded)", f"{hu['sessions']} sessions of {hu['questions']} questions",
+                 _f(hu["binary"]), _f(hu["prob"])]]
+        out += [_table(["judge", "on", "binary accuracy", "probabilistic accuracy"], rows), ""]
+    out += [f"Rounds refused because the data holds no speech for them (none is made up): **{h['refused']}**.", ""]
+    out += [f"- `{r['round_id']}`: {r['error']}" for r in h["refused_rounds"][:10]]
+    if h["refused"] > 10:
+        out += [f"- … and {h['refused'] - 10} more (all in `metrics.json`)"]
+    return out + ([""] if h["refused"] else [])
 
 
 def _image(images: dict[str, str], key: str) -> list[str]:

@@ -14,6 +14,7 @@ from debate_lightning.data.question import Question
 from debate_lightning.debate.agents import BestOfNDebater, Debater, Judge
 from debate_lightning.debate.engine import RoundResult, RoundSpec, run_rounds
 from debate_lightning.debate.formats import Format
+from debate_lightning.debate.replay import REPLAY_BACKENDS, replay_debater
 from debate_lightning.models.base import Generator
 from debate_lightning.models.registry import ModelSpec, build_generator
 from debate_lightning.tournament.config import JudgeConfig, TournamentConfig
@@ -67,11 +68,19 @@ def build_agents(cfg: TournamentConfig, probe=None) -> tuple[dict[str, Debater],
     ``probe``: the judge's (``load_judge_probe``; loaded here when not given)."""
     if probe is None:
         probe = load_judge_probe(cfg.judge, {f.prompts for f in cfg.formats})
-    used = {d.model for d in cfg.debaters} | {cfg.judge.model}
+    # Replay backends (human debates, an earlier run) are debaters, not generators: no model built.
+    replayed = {key for key, spec in cfg.models.items() if spec.backend in REPLAY_BACKENDS}
+    used = ({d.model for d in cfg.debaters} - replayed) | {cfg.judge.model}
     generators = {key: build_generator(cfg.models[key], name=key) for key in sorted(used)}
     judge = build_judge(cfg.judge, cfg.models[cfg.judge.model], generators[cfg.judge.model], probe)
     debaters: dict[str, Debater] = {}
-    for d in cfg.debaters:
+    for i, d in enumerate(cfg.debaters):
+        if d.model in replayed:
+            if d.best_of_n > 1:
+                raise ValueError(f"debaters[{i}].best_of_n: {d.name!r} replays recorded speeches "
+                                 f"(backend {cfg.models[d.model].backend}); it has no candidates to choose from")
+            debaters[d.name] = replay_debater(d.name, cfg.models[d.model], d.model, d.sampling())
+            continue
         gen = generators[d.model]
         if d.best_of_n > 1:
             debaters[d.name] = BestOfNDebater(d.name, gen, d.sampling(), n=d.best_of_n, judge=judge)
