@@ -21,6 +21,7 @@ COMMANDS = {
     "activations": "debate_lightning.tournament.activations:activations_main",
     "probe-table": "debate_lightning.training.probe_table:probe_table_main",
     "serve": "debate_lightning.serve:serve_main",
+    "merge-adapter": "debate_lightning.models.merge:merge_adapter_main",
 }
 
 USAGE = "usage: python -m debate_lightning {" + ",".join(COMMANDS) + "} [options]   (-h after a command for its help)"

@@ -110,8 +110,39 @@ class Question:
 
 
 def with_both_orders(questions: list[Question]) -> list[Question]:
-    """Each question followed by its swapped twin, so both side orders are debated."""
-    return [q2 for q in questions for q2 in (q, q.swapped())]
+    """Each question followed by its swapped twin, so both side orders are debated.
+
+    A twin already in the list (a replayed run or a question file that holds both orders) stays
+    where it is and is not added again: every side order is debated once, and a list that is
+    already in both orders comes back unchanged.
+    """
+    present = {q.uid for q in questions}
+    out: list[Question] = []
+    for q in questions:
+        out.append(q)
+        twin = q.swapped()
+        if twin.uid not in present:
+            present.add(twin.uid)
+            out.append(twin)
+    return out
+
+
+def first_questions(questions: list[Question], limit: int | None) -> list[Question]:
+    """The records of the first ``limit`` distinct questions (by ``question_id``), in order.
+
+    Counting questions, not records, lets ``limit`` mean the same for a source whose records hold
+    one side order each and for one that holds both (a replayed run)."""
+    if limit is None:
+        return list(questions)
+    kept: set[str] = set()
+    out = []
+    for q in questions:
+        if q.question_id not in kept:
+            if len(kept) >= limit:
+                continue
+            kept.add(q.question_id)
+        out.append(q)
+    return out
 
 
 def hash_split(key: object, weights: dict[str, float]) -> str:

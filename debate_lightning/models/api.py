@@ -323,6 +323,8 @@ class OpenAIGenerator(APIGenerator):
         extra = dict(self.extra_body)
         if params.top_k:
             extra.setdefault("top_k", params.top_k)  # vLLM extension; OpenAI itself has no top_k
+        if params.repetition_penalty != 1.0:
+            extra.setdefault("repetition_penalty", params.repetition_penalty)  # vLLM extension, as top_k
         if extra:
             body["extra_body"] = extra
         return body
@@ -461,6 +463,9 @@ class AnthropicGenerator(APIGenerator):
         return system, messages
 
     def _request(self, chat: Chat, params: SamplingParams) -> Generation:
+        if params.repetition_penalty != 1.0:
+            raise _RequestError(f"{self.name}: the Anthropic API has no repetition_penalty (got "
+                                f"{params.repetition_penalty}); leave it at 1.0 for this model", retryable=False)
         system, messages = self.to_messages(chat)
         body: dict[str, Any] = {"model": self.model, "messages": messages, "max_tokens": params.max_new_tokens}
         if system:

@@ -29,7 +29,14 @@ class GenerationFailed(RuntimeError):
 
 @dataclass
 class SamplingParams:
-    """How to sample one speech. ``min_new_tokens == max_new_tokens`` gives fixed-length output."""
+    """How to sample one speech. ``min_new_tokens == max_new_tokens`` gives fixed-length output.
+
+    ``repetition_penalty`` (1.0: off) divides the positive logits and multiplies the negative ones
+    of every token already in the prompt or the text so far (Keskar et al. 2019, CTRL, eq. 3; the
+    transformers and vLLM definition). The hf backend applies it with stock ``generate`` (the CPU
+    engine's decode loop has no such step, so a call with a penalty skips it); OpenAI-compatible
+    servers get it as vLLM's ``repetition_penalty`` field; the Anthropic API has none and refuses it.
+    """
 
     max_new_tokens: int = 128
     min_new_tokens: int = 0
@@ -40,6 +47,11 @@ class SamplingParams:
     stop: list[str] = field(default_factory=list)
     logprobs: bool = False
     top_logprobs: int = 0
+    repetition_penalty: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.repetition_penalty > 0:
+            raise ValueError(f"repetition_penalty must be > 0 (1.0 is off), got {self.repetition_penalty}")
 
     @property
     def greedy(self) -> bool:

@@ -152,22 +152,23 @@ class HFGenerator(LocalGenerator):
         want_scores = params.logprobs or params.top_logprobs > 0
         start = time.perf_counter()
         cache, prefilled, cached = None, None, bool(prefix_lens) and min(prefix_lens or [0]) > 0
+        lean = self.lean_decode and params.repetition_penalty == 1.0  # the engine's sampler has no penalty
         if cached:
             kvs, cut = self._cached_prefixes(prompts, prefix_lens)
-            if self.lean_decode:
+            if lean:
                 prefilled = self._prefill_groups(prompts, kvs, cut)
             else:
                 ids, mask, cache = prefixed_batch(prompts, kvs, cut, self.tokenizer.pad_token_id, self.device)
         else:
             ids, mask = self._pad(prompts)
-        if self.lean_decode:
+        if lean:
             decoded = self._lean_generate(prefilled or self._prefill(ids, mask, cache), params, want_scores,
                                           shared_groups(prompts, prefix_lens))
             new_ids, scores = decoded.tokens, decoded.scores
         else:
             new_ids, scores = self._hf_generate(ids, mask, cache, params, want_scores)
         new = new_ids.tolist()
-        if self.lean_decode and cached and not self.live_model:
+        if lean and cached and not self.live_model:
             self._keep_rows(prompts, new, decoded)
         return self._generations(prompts, new, scores, params, time.perf_counter() - start)
 
@@ -201,6 +202,8 @@ class HFGenerator(LocalGenerator):
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         else:
             kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=params.top_k or None)
+        if params.repetition_penalty != 1.0:
+            kwargs["repetition_penalty"] = params.repetition_penalty
         if want_scores:
             kwargs.update(output_scores=True, return_dict_in_generate=True)
         out = self.model.generate(input_ids=ids, attention_mask=mask, **kwargs)
