@@ -7,7 +7,7 @@ Two config backends (``models: {h: {backend: ...}}``) become a ``ReplayDebater``
   k-th speech the human debater arguing the same answer made in the first recorded debate of that
   question (file order). A speech the data does not hold is never made up: the round is refused
   (its speech error starts with ``REFUSED``), is not judged, and is counted by the report.
-- ``offline`` (``path: RUN_DIR``, ``options: {debater: NAME}``): one debater's speeches from an
+- ``offline`` (``path: RUN_DIR``, ``debater: NAME``): one debater's speeches from an
   earlier tournament's ``RUN_DIR/rounds.jsonl``, matched on question (uid: the question and its
   side order), side and format, so it can face a new opponent. A round the earlier run did not
   play is an ``OfflineReplayMismatch`` naming question, side and format.
@@ -110,7 +110,7 @@ class RunSpeeches:
         names = sorted({n for r in rounds for n in r["debaters"] if n})
         if debater is None:
             if len(names) != 1:
-                raise ValueError(f"offline replay of {path}: say which debater to replay with options: {{debater: NAME}}; "
+                raise ValueError(f"offline replay of {path}: say which debater to replay with debater: NAME; "
                                  f"the run has {names}")
             debater = names[0]
         if debater not in names:

@@ -74,6 +74,7 @@ class ModelSpec:
         adapter: a PEFT adapter directory to load on top (hf backend).
         max_batch_size: most sequences per forward/generate call (hf backend).
         base_url: the server URL (openai_compatible).
+        debater: ``offline``: which debater of the earlier run to replay (optional when it had one).
         trust_remote_code: let transformers run code shipped with the model (off unless you trust it).
         options: backend options. ``hf``: the fields of ``HFOptions`` (checked when the config
             loads); API backends: ``max_concurrency``, ``timeout``, … (see ``models/api.py``).
@@ -87,6 +88,7 @@ class ModelSpec:
     adapter: str | None = None
     max_batch_size: int = 32
     base_url: str | None = None
+    debater: str | None = None
     trust_remote_code: bool = False
     options: dict[str, Any] = field(default_factory=dict)
 

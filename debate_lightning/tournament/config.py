@@ -22,6 +22,8 @@ class DebaterConfig:
         name: the name rounds, ratings and reports use.
         model: a key of ``models``.
         best_of_n: >1 samples that many candidates per speech and keeps the judge's favourite.
+        repetition_penalty: >1 discourages repeating tokens (CTRL's penalty; 1 = off). hf models and
+            vLLM-style servers; the Anthropic API refuses it.
     """
 
     name: str = "smollm2"
@@ -32,6 +34,7 @@ class DebaterConfig:
     top_p: float = 1.0
     top_k: int = 0
     best_of_n: int = 1
+    repetition_penalty: float = 1.0
 
     def sampling(self, seed: int | None = None) -> SamplingParams:
         return SamplingParams(
@@ -40,6 +43,7 @@ class DebaterConfig:
             temperature=self.temperature,
             top_p=self.top_p,
             top_k=self.top_k,
+            repetition_penalty=self.repetition_penalty,
             seed=seed,
         )
 

@@ -54,3 +54,13 @@ def test_debate_vs_consultancy_runs_on_scripted_models_and_reports_the_differenc
     assert comp["a"] == "debate" and comp["b"] == "consultancy" and comp["questions"] == 8
     assert comp["binary"]["ci"][0] <= comp["binary"]["difference"] <= comp["binary"]["ci"][1]
     assert "## Debate vs consultancy" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_debater_sampling_and_offline_replay_keys_parse(tmp_path):
+    cfg, _ = parse_tournament_args([
+        "--config", "tournament.yaml",
+        "--debaters", '[{"name": "a", "model": "embedded", "repetition_penalty": 1.3, "top_k": 5}]',
+        "--models", '{"embedded": {"backend": "hf"}, "o": {"backend": "offline", "path": "runs/t1", "debater": "a"}}'])
+    params = cfg.debaters[0].sampling(seed=1)
+    assert params.repetition_penalty == 1.3 and params.top_k == 5 and params.seed == 1
+    assert cfg.models["o"].debater == "a" and cfg.models["o"].path == "runs/t1"

@@ -146,7 +146,7 @@ def first_run(tmp_path):
 
 def test_offline_replay_speaks_one_debaters_earlier_speeches_against_a_new_opponent(tmp_path, first_run):
     run1, before = first_run
-    models = {"a": ModelSpec(backend="offline", path=str(run1), options={"debater": "alice"}),
+    models = {"a": ModelSpec(backend="offline", path=str(run1), debater="alice"),  # as a config says it
               "o": ModelSpec(backend="deterministic", options={"template": "carol disagrees"}),
               "j": ModelSpec(backend="random", options={"seed": 9})}
     after = run_tournament(offline_config(tmp_path / "run2", models, "carol"), progress=False)
@@ -183,7 +183,7 @@ def test_offline_replay_names_the_debater_it_cannot_find(tmp_path, first_run):
     with pytest.raises(ValueError, match=r"debater 'zed' does not speak in .*; it has \['alice', 'bob'\]"):
         run_tournament(offline_config(tmp_path / "run2", models, "carol"), progress=False)
     models["a"] = ModelSpec(backend="offline", path=str(run1))
-    with pytest.raises(ValueError, match=r"options: \{debater: NAME\}"):
+    with pytest.raises(ValueError, match=r"say which debater to replay with debater: NAME"):
         run_tournament(offline_config(tmp_path / "run3", models, "carol"), progress=False)
 
 
