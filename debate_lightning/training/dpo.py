@@ -2,9 +2,10 @@
 
 One forward pass per micro-batch scores chosen and rejected together with the prompt computed
 once per pair (``policy.pack``: prompt + chosen + rejected in one row, rejected hidden from
-chosen by the attention mask). The reference log-probs come from the same model with adapters
-disabled, or a frozen copy, optionally cached per pair (``reference.py``). Losses are the pure
-functions of ``losses.py``.
+chosen by the attention mask). The reference log-probs come from the weights training started
+from (``initial``: for a policy started from an SFT adapter, that adapter loaded a second time,
+frozen), the base model (``base``: adapters disabled), or a frozen copy, optionally cached per
+pair (``reference.py``). Losses are the pure functions of ``losses.py``.
 
 ``dpo_objective`` is the one place the DPO loss meets its metrics; ``DPOModule`` (offline pairs)
 and ``online.online_dpo.OnlineDPOModule`` (pairs from the policy's own debates) both call it, so
@@ -14,6 +15,9 @@ the two log the same TRL names: ``loss``, ``rewards/chosen``, ``rewards/rejected
 
 from __future__ import annotations
 
+import logging
+import shutil
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -21,6 +25,8 @@ import torch
 from debate_lightning.training.losses import dpo_loss
 from debate_lightning.training.policy import OptimConfig, PackedBatch, PolicyConfig, PolicyModule, completion_logps
 from debate_lightning.training.reference import Reference
+
+log = logging.getLogger(__name__)
 
 DPOLossType = Literal["sigmoid", "ipo", "bon", "bon_ipo"]
 
@@ -60,7 +66,11 @@ class DPOModule(PolicyModule):
     Args:
         policy: the policy to train (model, LoRA, dtype, …; see ``PolicyConfig``).
         optim: AdamW and its schedule, per optimizer step (see ``OptimConfig``).
-        reference: ``adapter`` (the policy with adapters off) or ``copy`` (a frozen copy).
+        reference: ``initial`` (the weights training started from: with ``policy.adapter: SFT_DIR``
+            the SFT adapter, frozen, so the step-0 loss is ln 2; a fresh LoRA starts at the base),
+            ``base`` (adapters off: the base model, whatever adapter the policy started from),
+            ``copy`` (a frozen full copy, for a full fine-tune) or ``adapter`` (the old name of
+            ``base``, kept for existing configs).
         reference_cache: compute each pair's reference log-probs once and reuse them in later
             epochs.
         reference_cache_path: a JSON file that keeps that cache across runs (implies the cache).
@@ -74,7 +84,7 @@ class DPOModule(PolicyModule):
         self,
         policy: PolicyConfig = PolicyConfig(),
         optim: OptimConfig = OptimConfig(lr=5e-5),
-        reference: Literal["adapter", "copy"] = "adapter",
+        reference: Literal["initial", "base", "copy", "adapter"] = "initial",
         reference_cache: bool = False,
         reference_cache_path: str | None = None,
         beta: float = 0.1,
@@ -83,10 +93,14 @@ class DPOModule(PolicyModule):
         sft_weight: float = 0.0,
     ):
         super().__init__(policy, optim)
-        self.reference = Reference(self.policy, reference, reference_cache, reference_cache_path)
+        if reference == "adapter" and policy.adapter is not None:
+            log.warning("reference 'adapter' is the BASE model (adapters off), not the adapter the policy starts "
+                        "from (%s); use reference 'initial' for that", policy.adapter)
+        self.reference = Reference(self.policy, reference, reference_cache, reference_cache_path,
+                                   initial_adapter=policy.adapter)
         self.beta, self.loss_type, self.label_smoothing, self.sft_weight = beta, loss_type, label_smoothing, sft_weight
-        # cached reference log-probs are only valid for the same initial model
-        self._cache_prefix = f"{policy.model}|{policy.adapter}|"
+        # cached reference log-probs are only valid for the same reference weights
+        self._cache_prefix = f"{policy.model}|{policy.adapter}|{self.reference.semantics}|"
         self._save_hparams()
 
     def forward_pairs(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -111,3 +125,12 @@ class DPOModule(PolicyModule):
     def on_train_epoch_end(self) -> None:
         if self.trainer.is_global_zero:
             self.reference.save_cache()
+
+    def on_train_end(self) -> None:
+        super().on_train_end()
+        # PEFT saves every adapter it holds; the frozen ``initial`` reference is the input adapter
+        # again, not a result: keep only the trained one in <run>/adapter
+        if self.reference.adapter_name is not None and self.policy_config.save_adapter and self.trainer.is_global_zero:
+            extra = Path(self.trainer.log_dir or self.trainer.default_root_dir) / "adapter" / self.reference.adapter_name
+            if extra.is_dir():
+                shutil.rmtree(extra)

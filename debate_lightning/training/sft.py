@@ -1,8 +1,10 @@
-"""Supervised fine-tuning on debate speeches: next-token NLL on the speech tokens only.
+"""Supervised fine-tuning: next-token NLL on the completion tokens only.
 
 Batches come from ``SFTDataModule`` (tournament results and human-debate transcripts), one
-prompt (the chat the debater saw) and one completion (the speech) per row; prompt tokens are
-never scored, so they cost no LM-head compute either.
+prompt and one completion per row: a debater's chat and its speech (``target: speech``), or
+the judge's chat and the correct answer's letter (``target: judge_verdict``, ``sft_judge.yaml``:
+the loss is then the judge's NLL of the correct verdict, exactly as a tournament scores it).
+Prompt tokens are never scored, so they cost no LM-head compute either.
 """
 
 from __future__ import annotations
@@ -16,13 +18,14 @@ from debate_lightning.training.policy import OptimConfig, PolicyConfig, PolicyMo
 
 
 class SFTModule(PolicyModule):
-    """Completion-only SFT of a (LoRA) policy.
+    """Completion-only SFT of a (LoRA) policy: a debater on speeches, or a judge on verdicts.
 
     Args:
         policy: the policy to train (model, LoRA, dtype, …; see ``PolicyConfig``).
         optim: AdamW and its schedule, per optimizer step (see ``OptimConfig``).
-        loss_reduction: ``token`` (every speech token weighs the same within a micro-batch) or
-            ``sequence`` (every speech weighs the same; invariant to gradient accumulation).
+        loss_reduction: ``token`` (every completion token weighs the same within a micro-batch) or
+            ``sequence`` (every completion weighs the same; invariant to gradient accumulation).
+            A judge's verdict is one token: the two agree.
     """
 
     def __init__(

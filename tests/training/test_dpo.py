@@ -242,3 +242,79 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_model, pairs_file)
         grads.append([p.grad for p in module.policy.parameters() if p.requires_grad])
     for a, b in zip(*grads):
         assert torch.allclose(a, b, atol=1e-6)
+
+
+# -- several preference files ---------------------------------------------------------------------
+def test_several_preference_files_and_a_bad_line_names_its_file(tiny_model, tmp_path, make_pairs):
+    from debate_lightning.cli import DebateCLI
+    from debate_lightning.data.question import DataError
+
+    a, b = make_pairs(tmp_path / "a.jsonl", n=3, seed=1), make_pairs(tmp_path / "b.jsonl", n=5, seed=2)
+    one = PreferenceDataModule(train=a, tokenizer=tiny_model)
+    both = PreferenceDataModule(train=[a, b], tokenizer=tiny_model)
+    one.setup("fit"), both.setup("fit")
+    assert len(both.train_items) == 8 and both.train_items[:3] == one.train_items  # read in order, concatenated
+    # the CLI takes a YAML list on the command line
+    cli = DebateCLI(args=["--config", str(ROOT / "configs" / "dpo.yaml"), f"--model.init_args.policy.model={tiny_model}",
+                          f"--data.init_args.train=[{a}, {b}]", f"--trainer.default_root_dir={tmp_path}"], run=False)
+    assert cli.datamodule.train_paths == [a, b]
+    lines = Path(b).read_text().splitlines()
+    Path(b).write_text("\n".join([lines[0], '{"prompt": [{"role": "user", "content": "x"}], "chosen": "y"}', *lines[2:]]))
+    with pytest.raises(DataError, match=r"b\.jsonl line 2, field "):
+        PreferenceDataModule(train=[a, b], tokenizer=tiny_model).setup("fit")
+    with pytest.raises(ValueError, match="data.train"):
+        PreferenceDataModule(train=[])
+
+
+# -- an SFT adapter as the reference ----------------------------------------------------------------
+@pytest.fixture
+def sft_adapter(tiny_model, tmp_path) -> str:
+    """A non-trivial LoRA adapter, as an SFT run would leave it in <run>/adapter."""
+    from debate_lightning.training.policy import save_adapter
+
+    model, _ = build_policy(tiny_model, LORA)
+    _randomise_lora(model)
+    return str(save_adapter(model, tmp_path / "sft" / "adapter"))
+
+
+def _logps(model, packed) -> torch.Tensor:
+    with torch.no_grad():
+        return completion_logps(model.eval(), packed).sum(-1)
+
+
+def test_initial_reference_is_the_sft_adapter_and_base_is_the_base(tiny_model, sft_adapter, pairs_file, tmp_path):
+    dm = PreferenceDataModule(train=pairs_file, batch_size=4, tokenizer=tiny_model, shuffle=False)
+    dm.setup("fit")
+    batch = dm.collate(dm.train_items[:4])
+    sft = _logps(build_policy(tiny_model, None, adapter=sft_adapter)[0], batch["packed"])
+    base = _logps(build_policy(tiny_model, None)[0], batch["packed"])
+    assert not torch.allclose(sft, base, atol=1e-2)  # the adapter matters
+
+    L.seed_everything(0)
+    initial = DPOModule(PolicyConfig(tiny_model, LORA, adapter=sft_adapter), OptimConfig(lr=1e-2), reference="initial")
+    assert initial.reference.semantics == "initial"
+    assert torch.allclose(initial.reference(batch["packed"]), sft, atol=1e-5)
+    out = initial.forward_pairs(batch)  # step 0: policy == reference
+    assert out["loss"].mean().item() == pytest.approx(torch.log(torch.tensor(2.0)).item(), abs=1e-5)
+    assert out["rewards/chosen"].abs().max() < 1e-5 and out["rewards/margins"].abs().max() < 1e-5
+    trainable = {n for n, p in initial.named_parameters() if p.requires_grad}
+    assert trainable and all(".default." in n for n in trainable)  # the frozen second adapter is not trained
+    assert all(m.training for m in initial.policy.modules())  # loading it left the policy in train mode
+
+    for kind in ("base", "adapter"):  # `adapter` is the old name of `base`
+        ref = DPOModule(PolicyConfig(tiny_model, LORA, adapter=sft_adapter), reference=kind).reference
+        assert ref.semantics == "base" and torch.allclose(ref(batch["packed"]), base, atol=1e-5)
+
+    # training moves the policy, never the initial reference; only the trained adapter is exported
+    frozen = {n: p.detach().clone() for n, p in initial.named_parameters() if ".reference." in n}
+    _trainer(tmp_path, max_steps=2).fit(initial, PreferenceDataModule(train=pairs_file, batch_size=4, shuffle=False))
+    assert frozen and all(torch.equal(frozen[n], p) for n, p in initial.named_parameters() if ".reference." in n)
+    assert torch.allclose(initial.reference(batch["packed"]), sft, atol=1e-5)
+    assert not torch.allclose(_logps(initial.policy, batch["packed"]), sft, atol=1e-4)
+    assert {n for n, p in initial.named_parameters() if p.requires_grad} == trainable
+    rows = list(csv.DictReader(open(tmp_path / "v" / "metrics.csv")))
+    assert float(rows[0]["loss"]) == pytest.approx(0.693147, abs=1e-5) and float(rows[0]["rewards/margins"]) == 0
+    adapter = tmp_path / "v" / "adapter"
+    assert (adapter / "adapter_model.safetensors").is_file() and not (adapter / "reference").exists()
+    with pytest.raises(ValueError, match="unknown reference 'sft'.*'adapter' is the old name of 'base'"):
+        DPOModule(PolicyConfig(tiny_model, LORA), reference="sft")  # type: ignore[arg-type]
