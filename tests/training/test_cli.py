@@ -69,7 +69,7 @@ def test_fit_configs_ship_device_independent_settings(config, tiny_model, tmp_pa
     if "device" in doc["data"]["init_args"]:  # probe.yaml's extraction model
         devices["data.init_args.device"] = doc["data"]["init_args"]["device"]
     assert all(d == "auto" for d in devices.values()), devices
-    if config.name not in ("dpo.yaml", "sft.yaml"):  # those load no model besides the policy
+    if config.name not in ("dpo.yaml", "sft.yaml", "sft_judge.yaml"):  # those load no model besides the policy
         assert devices, f"{config.name}: expected a model spec with a device"
 
     monkeypatch.chdir(tmp_path)
