@@ -22,6 +22,12 @@ class DebaterConfig:
         name: the name rounds, ratings and reports use.
         model: a key of ``models``.
         best_of_n: >1 samples that many candidates per speech and keeps the judge's favourite.
+        opponent_n: with ``best_of_n > 1``, score each candidate after this many sampled replies
+            of the opponent (its next speech, sampled with this debater's model and sampling;
+            the replies never enter the round) instead of alone; 0 scores candidates alone.
+            See ``debate/best_of_n.py``.
+        selection: how ``best_of_n`` picks: ``max`` (highest mean score over the opponent
+            replies) or ``maxmin`` (highest worst score over them: the robust choice).
         repetition_penalty: >1 discourages repeating tokens (CTRL's penalty; 1 = off). hf models and
             vLLM-style servers; the Anthropic API refuses it.
     """
@@ -35,6 +41,8 @@ class DebaterConfig:
     top_k: int = 0
     best_of_n: int = 1
     repetition_penalty: float = 1.0
+    opponent_n: int = 0
+    selection: Literal["max", "maxmin"] = "max"
 
     def sampling(self, seed: int | None = None) -> SamplingParams:
         return SamplingParams(
@@ -102,7 +110,9 @@ class PreferenceConfig:
         mode: ``none``; ``best_of_n`` (pairs from the scored candidates of debaters with
             ``best_of_n > 1``); ``branched_half`` (one side writes ``branches`` alternatives at
             each of its speeches and the round continues from each); ``branched_full`` (both
-            sides branch at every speech: ``branches ** speeches`` leaves per round).
+            sides branch at every speech: ``branches ** speeches`` leaves per round);
+            ``branched_single_random`` (one speech per round, a random step and side drawn
+            with ``seed`` and the round id, branches: ``branches`` leaves per round).
         reward: how two values become ``preference``: ``log_prob``, ``prob``, ``logit``,
             ``sigmoid`` or ``binary`` (formulas in ``preferences.preference``).
         temperature: the ``sigmoid`` reward's temperature.
@@ -110,10 +120,11 @@ class PreferenceConfig:
         min_margin: drop pairs whose values differ by at most this.
         branches: alternatives per branching speech.
         branch_side: in HALF branching, the side that branches; null alternates by round id.
+            In SINGLE_RANDOM, the side whose speech is drawn; null draws from both sides.
         output: the pairs file; null for ``OUTPUT/preferences.jsonl``.
     """
 
-    mode: Literal["none", "best_of_n", "branched_half", "branched_full"] = "none"
+    mode: Literal["none", "best_of_n", "branched_half", "branched_full", "branched_single_random"] = "none"
     reward: Literal["log_prob", "prob", "logit", "sigmoid", "binary"] = "prob"
     temperature: float = 0.1
     pairing: Literal["best_rest", "best_worst", "all"] = "best_rest"
@@ -155,6 +166,11 @@ class TournamentConfig:
                 raise ValueError(f"debaters[{i}].model: {d.model!r} is not a key of models ({sorted(self.models)})")
             if d.best_of_n < 1:
                 raise ValueError(f"debaters[{i}].best_of_n must be >= 1, got {d.best_of_n}")
+            if d.opponent_n < 0:
+                raise ValueError(f"debaters[{i}].opponent_n must be >= 0, got {d.opponent_n}")
+            if (d.opponent_n > 0 or d.selection != "max") and d.best_of_n < 2:
+                raise ValueError(f"debaters[{i}]: opponent_n/selection choose among best-of-N candidates; "
+                                 f"set best_of_n > 1 (got {d.best_of_n})")
         if self.judge.model not in self.models:
             raise ValueError(f"judge.model: {self.judge.model!r} is not a key of models ({sorted(self.models)})")
         for i, m in enumerate(self.schedule.matchups):

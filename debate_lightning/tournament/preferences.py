@@ -6,12 +6,20 @@ probability for the speaker's side:
 
 * **best-of-N**: a ``BestOfNDebater`` samples N candidates per speech and keeps them, scored, on
   ``Speech.candidates``; a candidate's value is the judge's probability for its side on the
-  transcript cut right after it. Pairs come from saved results, with no model call.
+  transcript cut right after it, or, with ``opponent_n``, after sampled opponent replies to it
+  (averaged, or the worst of them under ``selection: maxmin``; ``debate/best_of_n.py``).
+  Pairs come from saved results, with no model call.
 * **branched rounds** (``branched_half`` / ``branched_full``): at a branching speech the speaker
   writes ``branches`` alternatives and the round continues separately from each, so a round
   becomes a tree. In HALF branching one side (``branch_side``; alternating by round when unset)
   branches at each of its speeches and the other speaks once per node; in FULL both sides branch
-  at every speech. A speech's value is the mean judge probability, for its side, over the
+  at every speech. In SINGLE_RANDOM branching (``branched_single_random``) exactly one speech of
+  the round branches: one step and one side speaking at it, drawn uniformly from every
+  (step, side) of the format (only ``branch_side``'s speeches when that is set) by a generator
+  seeded with ``seed`` and the round id, so a rerun branches the same speech. This is our reading
+  of the original's ``single_random``: rather than every speech of one side, one random turn of
+  one random side gets the alternatives, so each round gives one preference group at one depth
+  and ``branches`` leaves instead of ``branches ** speeches``. A speech's value is the mean judge probability, for its side, over the
   finished transcripts (leaves) that contain it. Sibling alternatives give the pairs.
   Every step of every tree of every round in a batch is one ``speak`` call per debater, and every
   leaf is judged in one ``p_a_orders`` call.
@@ -24,6 +32,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import random
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -219,19 +228,33 @@ class BranchedRound:
         return out
 
 
+BRANCHED_MODES = ("branched_half", "branched_full", "branched_single_random")
+
+
 def branching_sides(spec: RoundSpec, mode: str, branch_side: int | None) -> tuple[int, ...]:
     """The sides that branch: both in FULL; in HALF ``branch_side``, or, when unset, side
-    ``int(round_id, 16) % 2`` so both positions get trained on across a tournament."""
-    if mode == "branched_full":
+    ``int(round_id, 16) % 2`` so both positions get trained on across a tournament.
+    SINGLE_RANDOM draws from ``branch_side``'s speeches when set, else from both sides'."""
+    if mode == "branched_full" or (mode == "branched_single_random" and branch_side is None):
         return (0, 1)
-    if mode != "branched_half":
-        raise ValueError(f"unknown branching mode {mode!r}; expected branched_half or branched_full")
+    if mode not in BRANCHED_MODES:
+        raise ValueError(f"unknown branching mode {mode!r}; expected one of {', '.join(BRANCHED_MODES)}")
     if branch_side is not None:
         return (branch_side,)
     speakers = spec.format.sides
     if len(speakers) == 1:
         return speakers
     return (int(spec.round_id, 16) % 2,)
+
+
+def branch_points(spec: RoundSpec, mode: str, branch_side: int | None, seed: int = 0) -> set[tuple[int, int]]:
+    """The (step, side) speeches of ``spec`` that branch. HALF and FULL: every speech of the
+    branching sides. SINGLE_RANDOM: one of them, drawn with ``random.Random(f"{seed}:{round_id}")``."""
+    sides = branching_sides(spec, mode, branch_side)
+    points = [(t, side) for t, speakers in enumerate(spec.format.steps()) for side in speakers if side in sides]
+    if mode != "branched_single_random" or not points:
+        return set(points)
+    return {random.Random(f"{seed}:{spec.round_id}").choice(points)}
 
 
 def play_branched(
@@ -241,8 +264,10 @@ def play_branched(
     mode: str = "branched_half",
     branches: int = 2,
     branch_side: int | None = None,
+    seed: int = 0,
 ) -> list[BranchedRound]:
-    """Play ``specs`` as trees, batched across every node of every round, and judge every leaf."""
+    """Play ``specs`` as trees, batched across every node of every round, and judge every leaf.
+    ``seed`` only matters to ``branched_single_random`` (which speech branches)."""
     if branches < 2:
         raise ValueError(f"branches must be >= 2, got {branches}")
     missing = {name for s in specs for side in s.format.sides if (name := s.debaters[side]) not in debaters}
@@ -250,7 +275,7 @@ def play_branched(
         raise KeyError(f"rounds name debaters that are not configured: {sorted(missing)}")
     nodes = [_Node(i, Transcript(s.question, s.format)) for i, s in enumerate(specs)]
     steps = [s.format.steps() for s in specs]
-    branching = [branching_sides(s, mode, branch_side) for s in specs]
+    branching = [branch_points(s, mode, branch_side, seed) for s in specs]
     speeches: list[dict[int, tuple[Speech, list]]] = [dict() for _ in specs]
     groups: list[list[list[int]]] = [[] for _ in specs]
     next_id = itertools.count()
@@ -262,7 +287,7 @@ def play_branched(
                 continue
             spec = specs[node.round]
             for side in steps[node.round][t]:
-                copies = branches if side in branching[node.round] else 1
+                copies = branches if (t, side) in branching[node.round] else 1
                 for _ in range(copies):
                     by_agent[spec.debaters[side]].append((n, side, SpeechRequest(node.transcript, side, t)))
         produced: dict[tuple[int, int], list[Speech]] = defaultdict(list)
