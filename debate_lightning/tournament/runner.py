@@ -11,7 +11,8 @@ from pathlib import Path
 import yaml
 
 from debate_lightning.data.question import Question
-from debate_lightning.debate.agents import BestOfNDebater, Debater, Judge
+from debate_lightning.debate.agents import Debater, Judge
+from debate_lightning.debate.best_of_n import OpponentBestOfNDebater
 from debate_lightning.debate.engine import RoundResult, RoundSpec, run_rounds
 from debate_lightning.debate.formats import Format
 from debate_lightning.debate.replay import REPLAY_BACKENDS, replay_debater
@@ -83,7 +84,8 @@ def build_agents(cfg: TournamentConfig, probe=None) -> tuple[dict[str, Debater],
             continue
         gen = generators[d.model]
         if d.best_of_n > 1:
-            debaters[d.name] = BestOfNDebater(d.name, gen, d.sampling(), n=d.best_of_n, judge=judge)
+            debaters[d.name] = OpponentBestOfNDebater(d.name, gen, d.sampling(), n=d.best_of_n, judge=judge,
+                                                      opponent_n=d.opponent_n, selection=d.selection)
         else:
             debaters[d.name] = Debater(d.name, gen, d.sampling())
     return debaters, judge, generators
@@ -237,7 +239,7 @@ def _play_branched_group(cfg, group, debaters, judge, results: ResultsFile, pref
     from debate_lightning.tournament.preferences import branched_results, play_branched
 
     p = cfg.preferences
-    trees = play_branched(group, debaters, judge, p.mode, p.branches, p.branch_side)
+    trees = play_branched(group, debaters, judge, p.mode, p.branches, p.branch_side, seed=cfg.seed)
     pairs = [pair for tree in trees for pair in tree.pairs(_pair_options(cfg), p.mode)]
     write_preferences(pref_path, pairs, append=True)
     for r in branched_results(trees, judge):

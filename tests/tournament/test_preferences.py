@@ -187,3 +187,28 @@ def test_best_of_n_tournament_writes_pairs_and_resume_rewrites_them_once(tmp_pat
     assert read_preferences(out / "preferences.jsonl") == pairs
     bad = scripted_config(tmp_path / "bad.yaml", preferences={"mode": "best_of_n"})
     assert tournament_main(["--config", str(bad), "--output", str(tmp_path / "b"), "--progress", "false"]) == 2
+
+
+def test_opponent_n_maxmin_and_single_random_run_from_a_config(tmp_path):
+    """The new best-of-N keys reach the tournament's debaters: every candidate of a carries its
+    scores after 2 opponent replies and the maxmin choice; single_random branches one speech a round."""
+    from tournament_helpers import scripted_config
+
+    from debate_lightning.tournament.cli import tournament_main
+    from debate_lightning.tournament.results import read_results
+
+    cfg = scripted_config(tmp_path / "t.yaml", formats=[{"kind": "debate", "num_speeches": 2}],
+                          debaters=[{"name": "a", "model": "r", "best_of_n": 2, "opponent_n": 2, "selection": "maxmin"},
+                                    {"name": "b", "model": "r"}],
+                          preferences={"mode": "best_of_n", "reward": "prob", "pairing": "best_worst"})
+    out = tmp_path / "out"
+    assert tournament_main(["--config", str(cfg), "--output", str(out), "--progress", "false", "--report", "false"]) == 0
+    scored = [c for r in read_results(out) for s in r.speeches if s.get("candidates") for c in s["candidates"]
+              if c.get("opponent_scores")]  # a's last speech has no reply to wait for: scored alone
+    assert scored and all(len(c["opponent_scores"]) == 2 and c["score"] == min(c["opponent_scores"]) for c in scored)
+
+    branched = scripted_config(tmp_path / "b.yaml", formats=[{"kind": "debate", "num_speeches": 2}],
+                               preferences={"mode": "branched_single_random", "branches": 3, "reward": "logit"})
+    out = tmp_path / "branched"
+    assert tournament_main(["--config", str(branched), "--output", str(out), "--progress", "false", "--report", "false"]) == 0
+    assert read_preferences(out / "preferences.jsonl")
