@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from debate_lightning.debate.formats import Format
 from debate_lightning.debate.quotes import QuoteChecker
@@ -50,25 +50,65 @@ def _speech(req: SpeechRequest, gen: Generation, seconds: float) -> Speech:
     )
 
 
+def generate_scratchpads(
+    generator: Generator, chats: Sequence, pads: Sequence, params: SamplingParams
+) -> list[Generation | None]:
+    """Scratchpad text for each chat whose ``pads`` entry (a ``Scratchpad``) is set, else None.
+
+    One generate call per distinct token budget (one in practice: a turn's formats share it),
+    so every scratchpad of a turn is batched as its speeches are.
+    """
+    out: list[Generation | None] = [None] * len(chats)
+    for budget in sorted({p.max_new_tokens for p in pads if p is not None}):
+        idx = [i for i, p in enumerate(pads) if p is not None and p.max_new_tokens == budget]
+        gens = generator.generate([chats[i] for i in idx], replace(params, max_new_tokens=budget))
+        for i, g in zip(idx, gens):
+            out[i] = g
+    return out
+
+
 @dataclass
 class Debater:
-    """Writes speeches with one generator and one set of sampling parameters."""
+    """Writes speeches with one generator and one set of sampling parameters.
+
+    In a format with ``scratchpad.debater`` it first writes private notes for every request (one
+    batched call), then each speech conditioned on its own notes (a second batched call).
+    """
 
     name: str
     generator: Generator
     params: SamplingParams = field(default_factory=SamplingParams)
 
-    def chats(self, requests: Sequence[SpeechRequest]):
-        return [r.transcript.debater_chat(r.side, prompts_for(r.transcript.format)) for r in requests]
+    def chats(self, requests: Sequence[SpeechRequest], notes: Sequence[Generation | None] = ()):
+        notes = list(notes) or [None] * len(requests)
+        return [
+            r.transcript.debater_chat(r.side, prompts_for(r.transcript.format), None if n is None else n.text)
+            for r, n in zip(requests, notes)
+        ]
+
+    def scratchpads(self, requests: Sequence[SpeechRequest]) -> list[Generation | None]:
+        """Private notes per request whose format asks for them (None elsewhere), batched."""
+        pads = [p if (p := r.transcript.format.scratchpad) is not None and p.debater else None for r in requests]
+        if not any(pads):
+            return [None] * len(requests)
+        chats = [r.transcript.debater_scratchpad_chat(r.side, prompts_for(r.transcript.format)) for r in requests]
+        return generate_scratchpads(self.generator, chats, pads, self.params)
 
     def speak(self, requests: Sequence[SpeechRequest]) -> list[Speech]:
-        """One speech per request, from ONE batched generate call."""
+        """One speech per request, from ONE batched generate call (two with scratchpads)."""
         if not requests:
             return []
         start = time.perf_counter()
-        gens = self.generator.generate(self.chats(requests), self.params)
+        notes = self.scratchpads(requests)
+        gens = self.generator.generate(self.chats(requests, notes), self.params)
         per = (time.perf_counter() - start) / len(requests)
-        return [_speech(r, g, per) for r, g in zip(requests, gens)]
+        speeches = [_speech(r, g, per) for r, g in zip(requests, gens)]
+        for speech, note in zip(speeches, notes):
+            if note is not None:
+                speech.scratchpad = note.text
+                if note.error:  # the speech was written without its notes: the round fails, named
+                    speech.error = f"scratchpad: {note.error}"
+        return speeches
 
 
 @dataclass
@@ -116,6 +156,9 @@ class Judge:
     With ``both_orders`` each transcript is also judged with the answers presented in the other
     order, and the two probabilities for A are averaged, cancelling the judge's position bias.
     Generators without log-probabilities fall back to a sampled verdict parsed from text.
+    In a format with ``scratchpad.judge`` the judge first writes its reasoning (greedy, one
+    batched call for every transcript and order) and the answer is scored after it; the texts
+    are kept in ``last_reasoning`` (per transcript, one per order).
     """
 
     generator: Generator
@@ -127,6 +170,7 @@ class Judge:
     def __post_init__(self) -> None:
         self.name = self.name or self.generator.name
         self.last_errors: list[str | None] = []
+        self.last_reasoning: list[list[str]] = []
 
     def p_a(self, transcripts: Sequence[Transcript]) -> list[float]:
         """P(position 0 is correct) per transcript; NaN where no verdict could be had."""
@@ -135,9 +179,21 @@ class Judge:
     def p_a_orders(self, transcripts: Sequence[Transcript]) -> list[list[float]]:
         """P(position 0) per transcript, once per presentation order (1 or 2 values)."""
         swaps = (False, True) if self.both_orders else (False,)
-        chats = [t.judge_chat(prompts_for(t.format), swap=s) for t in transcripts for s in swaps]
+        flat = [(t, s) for t in transcripts for s in swaps]
+        pads = [p if (p := t.format.scratchpad) is not None and p.judge else None for t, _ in flat]
+        reasoning: list[Generation | None] = [None] * len(flat)
+        if any(pads):
+            chats = [t.judge_reasoning_chat(prompts_for(t.format), swap=s) for t, s in flat]
+            reasoning = generate_scratchpads(self.generator, chats, pads, replace(self.verdict_params, stop=[]))
+        chats = [t.judge_chat(prompts_for(t.format), swap=s, reasoning=None if r is None else r.text)
+                 for (t, s), r in zip(flat, reasoning)]
         probs, errors = self._first_choice_probs(chats)
+        for i, r in enumerate(reasoning):
+            if r is not None and r.error:  # a verdict after failed reasoning is not the one asked for
+                probs[i], errors[i] = float("nan"), f"judge reasoning: {r.error}"
         k = len(swaps)
+        self.last_reasoning = [[r.text for r in reasoning[i * k : (i + 1) * k] if r is not None]
+                               for i in range(len(transcripts))]
         # Why a verdict is missing (e.g. the API error), per transcript, for the round's record.
         self.last_errors = ["; ".join(e for e in errors[i * k : (i + 1) * k] if e) or None for i in range(len(transcripts))]
         out = []

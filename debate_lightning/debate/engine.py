@@ -58,6 +58,7 @@ class RoundResult:
     repeat: int = 0
     timings: dict[str, float] = field(default_factory=dict)
     quote_stats: dict[str, dict[str, int]] = field(default_factory=dict)
+    judge_reasoning: list[str] = field(default_factory=list)  # per presentation order, with scratchpad.judge
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -78,7 +79,8 @@ class RoundResult:
 
 
 def _result(
-    spec: RoundSpec, transcript: Transcript, judge: Judge, probs: list[float], timings, judge_error: str | None = None
+    spec: RoundSpec, transcript: Transcript, judge: Judge, probs: list[float], timings, judge_error: str | None = None,
+    reasoning: list[str] | None = None,
 ) -> RoundResult:
     errors = [s.error for s in transcript.speeches if s.error]
     p_a = sum(probs) / len(probs) if probs else None
@@ -108,6 +110,7 @@ def _result(
         repeat=spec.repeat,
         timings=timings,
         quote_stats=stats,
+        judge_reasoning=list(reasoning or []),
     )
 
 
@@ -118,6 +121,15 @@ def play_speeches(
     missing = {name for s in specs for side in s.format.sides if (name := s.debaters[side]) not in debaters}
     if missing:
         raise KeyError(f"rounds name debaters that are not configured: {sorted(missing)}; known: {sorted(debaters)}")
+    # Only the plain Debater writes scratchpads; a subclass with its own speak (best-of-N, replay,
+    # rollouts) would silently skip the notes the format asks for.
+    for s in specs:
+        if s.format.scratchpad is not None and s.format.scratchpad.debater:
+            for side in s.format.sides:
+                agent = debaters[s.debaters[side]]
+                if type(agent).speak is not Debater.speak:
+                    raise ValueError(f"format {s.format.name}: scratchpad.debater is on but debater "
+                                     f"{agent.name!r} ({type(agent).__name__}) does not write scratchpads")
     transcripts = transcripts or [Transcript(s.question, s.format) for s in specs]
     steps = [s.format.steps() for s in specs]
     for t in range(max((len(st) for st in steps), default=0)):
@@ -159,10 +171,11 @@ def judge_transcripts(
     probs = judge.p_a_orders([transcripts[i] for i in judgeable])
     per_round: dict[int, list[float]] = dict(zip(judgeable, probs))
     judge_errors: dict[int, str | None] = dict(zip(judgeable, judge.last_errors))
+    reasoning: dict[int, list[str]] = dict(zip(judgeable, getattr(judge, "last_reasoning", None) or []))
     judge_seconds = (time.perf_counter() - start) / max(len(transcripts), 1)
     out = []
     for i, (spec, tr) in enumerate(zip(specs, transcripts)):
         t = dict(timings or {})
         t["judge"] = judge_seconds
-        out.append(_result(spec, tr, judge, per_round.get(i, []), t, judge_errors.get(i)))
+        out.append(_result(spec, tr, judge, per_round.get(i, []), t, judge_errors.get(i), reasoning.get(i)))
     return out

@@ -7,11 +7,45 @@ The engine batches every speech of a step, across every active round, into one m
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, fields
+from typing import Any, Literal
 
 Kind = Literal["debate", "consultancy", "double_consultancy", "empty"]
 KINDS: tuple[str, ...] = ("debate", "consultancy", "double_consultancy", "empty")
+
+
+@dataclass(frozen=True)
+class Scratchpad:
+    """Private reasoning before speaking (``formats[].scratchpad``).
+
+    Attributes:
+        debater: each debater writes notes before each speech; only its own speech chat shows
+            them (never the opponent's or the judge's), and they are kept on the speech record.
+        judge: the judge reasons in text before its verdict (once per presentation order); P(A)
+            is then scored teacher-forced after that reasoning.
+        max_new_tokens: the token budget of each note or reasoning.
+    """
+
+    debater: bool = False
+    judge: bool = False
+    max_new_tokens: int = 128
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"format scratchpad.max_new_tokens must be >= 1, got {self.max_new_tokens}")
+
+    @classmethod
+    def parse(cls, value: Any) -> Scratchpad | None:
+        """A ``Scratchpad`` from itself, a mapping (a config or a rounds.jsonl line) or None."""
+        if value is None or isinstance(value, cls):
+            return value
+        if not isinstance(value, dict):
+            raise ValueError(f"format scratchpad: expected a mapping like {{debater: true, judge: true}}, got {value!r}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(value) - known)
+        if unknown:
+            raise ValueError(f"format scratchpad: unknown keys {unknown}; known: {sorted(known)}")
+        return cls(**value)
 
 
 @dataclass(frozen=True)
@@ -28,6 +62,8 @@ class Format:
         consultant_side: for consultancy, the position index (0 or 1) the consultant argues for.
         prompt_set: built-in name or YAML path; defaults to the kind's own set.
         word_limit: the target length named in the prompt.
+        scratchpad: private notes before speeches and/or judge reasoning before the verdict;
+            null (the default) for none.
     """
 
     kind: Kind = "debate"
@@ -36,8 +72,10 @@ class Format:
     consultant_side: int = 0
     prompt_set: str | None = None
     word_limit: int = 100
+    scratchpad: Scratchpad | None = None
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "scratchpad", Scratchpad.parse(self.scratchpad))
         if self.kind not in KINDS:
             raise ValueError(f"unknown format kind {self.kind!r}; choose one of {', '.join(KINDS)}")
         if self.num_speeches < 0 or (self.num_speeches == 0 and self.kind != "empty"):
@@ -48,10 +86,16 @@ class Format:
     @property
     def name(self) -> str:
         if self.kind == "consultancy":
-            return f"consultancy{self.consultant_side}"
-        if self.kind == "debate" and self.simultaneous:
-            return "debate_simultaneous"
-        return self.kind
+            name = f"consultancy{self.consultant_side}"
+        elif self.kind == "debate" and self.simultaneous:
+            name = "debate_simultaneous"
+        else:
+            name = self.kind
+        # A scratchpad changes the game: its rounds get ids and report rows of their own.
+        pad = self.scratchpad
+        if pad and (pad.debater or pad.judge):
+            name += "_scratchpad" + ("_debater" if pad.debater else "") + ("_judge" if pad.judge else "")
+        return name
 
     @property
     def family(self) -> str:

@@ -42,6 +42,7 @@ class Speech:
     seconds: float = 0.0
     candidates: list[dict[str, Any]] = field(default_factory=list)
     error: str | None = None
+    scratchpad: str | None = None  # the speaker's private notes; no one else's chat ever shows them
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -77,8 +78,12 @@ class Transcript:
             entries.append(prompts.render("transcript_entry", name=role_name(self.format, s.side, swap), speech=text))
         return "\n\n".join(entries)
 
-    def debater_chat(self, side: int, prompts: PromptSet) -> Chat:
+    def debater_chat(self, side: int, prompts: PromptSet, scratchpad: str | None = None) -> Chat:
         """The chat a debater on ``side`` answers with its next speech.
+
+        With ``scratchpad`` (the debater's private notes for this speech) the chat is the
+        ``debater_scratchpad_chat`` followed by the notes as its answer and a
+        ``debater_scratchpad_speech`` message. Notes of earlier speeches are not shown again.
 
         With a ``debater_next_turn`` template (the built-in sets have one) the chat is multi-turn:
         the debater's own speeches are its assistant messages, and each user message brings what
@@ -86,10 +91,24 @@ class Transcript:
         that keeps KV caches (``HFGenerator``) prefills only the new messages. Without it, one
         user message (``debater_turn``) holds the whole transcript.
         """
+        if scratchpad is not None:
+            speech_number = sum(1 for s in self.speeches if s.side == side) + 1
+            ask = prompts.render("debater_scratchpad_speech", **self._debater_fields(side), speech_number=speech_number)
+            return [*self.debater_scratchpad_chat(side, prompts),
+                    {"role": "assistant", "content": scratchpad}, {"role": "user", "content": ask}]
+        return self._debater_turn_chat(side, prompts)
+
+    def debater_scratchpad_chat(self, side: int, prompts: PromptSet) -> Chat:
+        """The chat a debater answers with its private notes: its speech chat, with the
+        ``debater_scratchpad`` request appended to the last user message."""
+        chat = self._debater_turn_chat(side, prompts)
+        speech_number = sum(1 for s in self.speeches if s.side == side) + 1
+        ask = prompts.render("debater_scratchpad", **self._debater_fields(side), speech_number=speech_number)
+        return [*chat[:-1], {"role": "user", "content": chat[-1]["content"] + "\n\n" + ask}]
+
+    def _debater_fields(self, side: int) -> dict[str, Any]:
         q, fmt = self.question, self.format
-        visible = self.visible_to(side)
-        own = [s for s in visible if s.side == side]
-        fields = dict(
+        return dict(
             name=role_name(fmt, side),
             opponent=role_name(fmt, 1 - side),
             position=q.positions[side],
@@ -99,6 +118,11 @@ class Transcript:
             num_speeches=fmt.num_speeches,
             word_limit=fmt.word_limit,
         )
+
+    def _debater_turn_chat(self, side: int, prompts: PromptSet) -> Chat:
+        visible = self.visible_to(side)
+        own = [s for s in visible if s.side == side]
+        fields = self._debater_fields(side)
         chat = [{"role": "system", "content": prompts.render("debater_system", **fields)}]
         if not prompts.has("debater_next_turn"):
             transcript = self._render_speeches(prompts, visible, swap=False, for_judge=False)
@@ -116,18 +140,39 @@ class Transcript:
                 chat.append({"role": "assistant", "content": speech.text})
         return chat
 
-    def judge_chat(self, prompts: PromptSet, swap: bool = False) -> Chat:
-        """The judge's chat. ``swap`` presents position B as answer A (to cancel position bias)."""
-        q = self.question
-        a, b = (q.positions[1], q.positions[0]) if swap else q.positions
-        fields = dict(
-            question=q.question,
-            position_a=a,
-            position_b=b,
-            transcript=self._render_speeches(prompts, self.speeches, swap=swap, for_judge=True),
-        )
+    def judge_chat(self, prompts: PromptSet, swap: bool = False, reasoning: str | None = None) -> Chat:
+        """The judge's chat. ``swap`` presents position B as answer A (to cancel position bias).
+
+        With ``reasoning`` (the judge's own text for this order) the chat is the
+        ``judge_reasoning_chat``, the reasoning as its answer, then ``judge_decision``: the A/B
+        answer is scored after the reasoning.
+        """
+        if reasoning is not None:
+            decision = prompts.render("judge_decision", **self._judge_fields(prompts, swap))
+            return [*self.judge_reasoning_chat(prompts, swap),
+                    {"role": "assistant", "content": reasoning}, {"role": "user", "content": decision}]
+        fields = self._judge_fields(prompts, swap)
         user = prompts.render("judge_user", **fields) + "\n\n" + prompts.render("judge_decision", **fields)
         return [
             {"role": "system", "content": prompts.render("judge_system", **fields)},
             {"role": "user", "content": user},
         ]
+
+    def judge_reasoning_chat(self, prompts: PromptSet, swap: bool = False) -> Chat:
+        """The chat the judge answers with its reasoning (``judge_user`` + ``judge_reasoning``)."""
+        fields = self._judge_fields(prompts, swap)
+        user = prompts.render("judge_user", **fields) + "\n\n" + prompts.render("judge_reasoning", **fields)
+        return [
+            {"role": "system", "content": prompts.render("judge_system", **fields)},
+            {"role": "user", "content": user},
+        ]
+
+    def _judge_fields(self, prompts: PromptSet, swap: bool) -> dict[str, Any]:
+        q = self.question
+        a, b = (q.positions[1], q.positions[0]) if swap else q.positions
+        return dict(
+            question=q.question,
+            position_a=a,
+            position_b=b,
+            transcript=self._render_speeches(prompts, self.speeches, swap=swap, for_judge=True),
+        )
