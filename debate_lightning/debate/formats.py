@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any, Literal
 
-Kind = Literal["debate", "consultancy", "double_consultancy", "empty"]
-KINDS: tuple[str, ...] = ("debate", "consultancy", "double_consultancy", "empty")
+Kind = Literal["debate", "consultancy", "double_consultancy", "empty", "open_debate"]
+KINDS: tuple[str, ...] = ("debate", "consultancy", "double_consultancy", "empty", "open_debate")
 
 
 @dataclass(frozen=True)
@@ -55,8 +55,11 @@ class Format:
     Attributes:
         kind: ``debate`` (two debaters), ``consultancy`` (one advocate for ``consultant_side``),
             ``double_consultancy`` (one advocate per side, neither sees the other; the judge sees
-            both), or ``empty`` (no speeches: the judge sees only the question).
-        num_speeches: speeches per side.
+            both), ``empty`` (no speeches: the judge sees only the question), or ``open_debate``:
+            two debaters first state, blind to each other, which answer they will defend (step 0,
+            a choice statement such as "I defend answer A"), then argue for their own choice in
+            the order of a debate, even when both chose the same answer (``debate/open_debate.py``).
+        num_speeches: speeches per side (in an open debate, after the choice statement).
         simultaneous: in a debate, both sides speak each step without seeing the other's speech
             of that step; otherwise side A speaks, then B, alternately.
         consultant_side: for consultancy, the position index (0 or 1) the consultant argues for.
@@ -106,16 +109,17 @@ class Format:
     def prompts(self) -> str:
         if self.prompt_set:
             return self.prompt_set
-        return {"debate": "debate", "consultancy": "consultancy", "double_consultancy": "consultancy"}.get(
-            self.kind, "empty"
-        )
+        return {
+            "debate": "debate", "consultancy": "consultancy", "double_consultancy": "consultancy",
+            "open_debate": "open_debate",
+        }.get(self.kind, "empty")
 
     @property
     def sides(self) -> tuple[int, ...]:
         """The sides that speak in this format."""
-        return {"debate": (0, 1), "double_consultancy": (0, 1), "consultancy": (self.consultant_side,)}.get(
-            self.kind, ()
-        )
+        return {
+            "debate": (0, 1), "double_consultancy": (0, 1), "open_debate": (0, 1), "consultancy": (self.consultant_side,),
+        }.get(self.kind, ())
 
     def steps(self) -> list[tuple[int, ...]]:
         """The speaking order: one tuple of simultaneous speakers per step."""
@@ -123,10 +127,14 @@ class Format:
             return []
         if self.kind == "consultancy":
             return [(self.consultant_side,)] * self.num_speeches
+        if self.kind == "open_debate":  # the blind choice statements first, then the debate itself
+            if self.simultaneous:
+                return [(0, 1)] * (1 + self.num_speeches)
+            return [(0, 1), *[(side,) for _ in range(self.num_speeches) for side in (0, 1)]]
         if self.kind == "double_consultancy" or self.simultaneous:
             return [(0, 1)] * self.num_speeches
         return [(side,) for _ in range(self.num_speeches) for side in (0, 1)]
 
     def sees(self, viewer: int, speaker: int) -> bool:
         """Whether side ``viewer`` gets to see speeches by side ``speaker``."""
-        return viewer == speaker or self.kind == "debate"
+        return viewer == speaker or self.kind in ("debate", "open_debate")

@@ -113,6 +113,8 @@ class Transcript:
             opponent=role_name(fmt, 1 - side),
             position=q.positions[side],
             opponent_position=q.positions[1 - side],
+            position_a=q.positions[0],  # answers by letter, whatever the side (open debate's choice)
+            position_b=q.positions[1],
             question=q.question,
             story=q.story,
             num_speeches=fmt.num_speeches,

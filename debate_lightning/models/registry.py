@@ -26,6 +26,7 @@ BACKENDS: dict[str, str | Factory] = {
     "random": "debate_lightning.models.scripted:build_random",
     "deterministic": "debate_lightning.models.scripted:build_deterministic",
     "replay": "debate_lightning.models.scripted:build_replay",
+    "repetitive": "debate_lightning.models.scripted:build_repetitive",
     # Debater-only: a tournament turns these into debate/replay.py's ReplayDebater.
     "human_replay": "debate_lightning.models.scripted:build_speech_replay",
     "offline": "debate_lightning.models.scripted:build_speech_replay",

@@ -2,6 +2,9 @@
 
 - ``RandomGenerator``: random words and random (seeded) answer scores; a chance-level baseline.
 - ``DeterministicGenerator``: a fixed speech template and fixed choice log-probs.
+- ``RepetitiveGenerator`` (backend ``repetitive``): as a judge, P(choice) from how often each
+  choice letter stands alone in the last speech of the judge's chat; as a debater, it states the
+  answer it defends and then repeats it. A letter-counting baseline for open debates.
 - ``RecordingGenerator`` wraps any generator and appends every (chat, text) it produces to a
   JSONL recording; ``ReplayGenerator`` plays a recording back, answering the same chat with
   the same text, so a saved run can be re-judged or re-analysed without regenerating speech.
@@ -17,6 +20,7 @@ import hashlib
 import json
 import math
 import random
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -68,6 +72,81 @@ class DeterministicGenerator(Generator):
 
     def score(self, chats: Sequence[Chat], continuations: Sequence[str]) -> list[float]:
         return [self.logprobs[0] for _ in chats]
+
+
+# How the built-in prompt sets start a speech in the judge's transcript ("Debater A: ...",
+# "Consultant: ..."); a line that starts so begins a new speech.
+SPEAKER = r"^(?:Debater|Consultant)\b[^\n:]{0,20}:"
+
+
+def last_speech(chat: Chat, speaker: str = SPEAKER) -> str:
+    """The last speech of a judge chat as the prompt sets render it, from the last user message
+    that holds speeches (with a judge scratchpad the decision comes as a later message): the last
+    ``<speech ...>...</speech>`` block where the set wraps speeches so (``open_debate``); otherwise
+    the text after the last speaker line (``speaker``, a regex), without the message's final
+    paragraph (the decision or reasoning request, which names every letter). '' if none."""
+    for content in reversed([m["content"] for m in chat if m.get("role") == "user"]):
+        blocks = re.findall(r"<speech\b[^>]*>(.*?)</speech>", content, flags=re.DOTALL)
+        if blocks:
+            return blocks[-1].strip()
+        if "\n\n" in content:
+            body = content.rsplit("\n\n", 1)[0]
+            starts = list(re.finditer(speaker, body, flags=re.MULTILINE))
+            if starts:
+                return body[starts[-1].end():].strip()
+    return ""
+
+
+def letter_counts(text: str, choices: Sequence[str]) -> list[int]:
+    """How often each choice stands alone in ``text`` (``A`` in "answer A." but not in "Alice")."""
+    return [len(re.findall(rf"(?<![A-Za-z0-9]){re.escape(c)}(?![A-Za-z0-9])", text)) for c in choices]
+
+
+class RepetitiveGenerator(Generator):
+    """A letter-counting scripted model (the original research code's ``repetitive`` baseline).
+
+    Judge (``choice_logprobs``): P(choice i) = (n_i + 1) / (sum n + k), where n_i counts choice
+    i standing alone in the last speech of the chat (``last_speech``). More A's than B's gives
+    P(A) > 0.5; a tie, or no speech, gives 0.5 exactly; never 0 or 1. It reads nothing else, so
+    a speech naming its answer by letter wins it; the first presentation order only (the
+    swapped order relabels the answers but not the letters inside the speeches).
+
+    Debater (``generate``): with no earlier message of its own it says
+    "I defend answer {answer}."; afterwards it repeats the letter its first message named,
+    ``repeats`` times.
+    """
+
+    def __init__(self, answer: str = "A", repeats: int = 3, speaker: str = SPEAKER, name: str = "repetitive"):
+        if not isinstance(answer, str) or not answer.strip():
+            raise ValueError(f"model {name!r} (repetitive): option answer must be a letter such as 'A', got {answer!r}")
+        if not isinstance(repeats, int) or repeats < 1:
+            raise ValueError(f"model {name!r} (repetitive): option repeats must be an integer >= 1, got {repeats!r}")
+        try:
+            re.compile(speaker)
+        except re.error as e:
+            raise ValueError(f"model {name!r} (repetitive): option speaker is not a regex: {e}") from None
+        self.answer, self.repeats, self.speaker, self.name = answer.strip(), repeats, speaker, name
+
+    def generate(self, chats: Sequence[Chat], params: SamplingParams) -> list[Generation]:
+        out = []
+        for chat in chats:
+            own = [m["content"] for m in chat if m.get("role") == "assistant"]
+            if not own:
+                text = f"I defend answer {self.answer}."
+            else:
+                found = re.search(r"answer\s+([A-Z])\b", own[0])
+                letter = found.group(1) if found else self.answer
+                text = " ".join([f"Answer {letter} is correct."] * self.repeats)
+            out.append(Generation(text, num_tokens=len(text.split())))
+        return out
+
+    def choice_logprobs(self, chats: Sequence[Chat], choices: Sequence[str]) -> list[list[float]]:
+        out = []
+        for chat in chats:
+            counts = letter_counts(last_speech(chat, self.speaker), choices)
+            total = sum(counts) + len(choices)
+            out.append([math.log((n + 1) / total) for n in counts])
+        return out
 
 
 class RecordingGenerator(Generator):
@@ -129,6 +208,14 @@ def build_random(spec: ModelSpec, name: str) -> Generator:
 
 def build_deterministic(spec: ModelSpec, name: str) -> Generator:
     return DeterministicGenerator(name=name, **spec.options)
+
+
+def build_repetitive(spec: ModelSpec, name: str) -> Generator:
+    known = {"answer", "repeats", "speaker"}
+    unknown = sorted(set(spec.options) - known)
+    if unknown:
+        raise ValueError(f"model {name!r} (backend repetitive): unknown options {unknown}; known: {sorted(known)}")
+    return RepetitiveGenerator(name=name, **spec.options)
 
 
 def build_replay(spec: ModelSpec, name: str) -> Generator:

@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 
 from debate_lightning.debate.engine import RoundResult
+from debate_lightning.debate.open_debate import choice_stats
 from debate_lightning.debate.replay import REFUSED, human_judge_accuracy
 from debate_lightning.tournament.metrics import DEFAULT_BOOTSTRAP, compute_metrics
 from debate_lightning.tournament.results import ResultsFile
@@ -30,6 +31,7 @@ def write_report(directory: str | Path, n_boot: int = DEFAULT_BOOTSTRAP, seed: i
     if metrics["judge_comparison"] is not None:
         metrics["judge_comparison"]["rejudge_source"] = source
     metrics["human_judges"] = human_judges(directory, rounds)
+    metrics["open_debate"] = choice_stats(rounds)
     (directory / "metrics.json").write_text(json.dumps(_clean(metrics), indent=2, allow_nan=False) + "\n")
     images = _plots(metrics, directory) if plots else {}
     (directory / "report.md").write_text(_markdown(metrics, images, directory))
@@ -137,6 +139,7 @@ def _markdown(m: dict, images: dict[str, str], directory: Path) -> str:
         out += ["Per matchup:", "", _table(["format: matchup", "rounds", "binary", "probabilistic"], rows), ""]
     out += _image(images, "accuracy")
     out += _human(m.get("human_judges"), acc["overall"])
+    out += _open_debate(m.get("open_debate"))
 
     if m["format_comparisons"]:
         out += ["## Debate vs consultancy", "",
@@ -260,6 +263,24 @@ def _human(h: dict | None, model: dict) -> list[str]:
     if h["refused"] > 10:
         out += [f"- … and {h['refused'] - 10} more (all in `metrics.json`)"]
     return out + ([""] if h["refused"] else [])
+
+
+def _open_debate(c: dict | None) -> list[str]:
+    """Open debate: how often a debater's own choice of answer was the correct one."""
+    if not c:
+        return []
+    out = ["## Open debate: chosen sides", "",
+           f"In {c['rounds']} open-debate rounds each debater first named the answer it would defend. Correct side: "
+           "the share of those statements naming the correct answer (a statement naming none counts as wrong; "
+           "'of choices' leaves those out). 0.5 is chance.", ""]
+    rows = [["**all**", str(c["statements"]), str(c["correct"]), str(c["no_choice"]), _f(c["share"]),
+             _f(c["share_of_choices"])]]
+    rows += [[f"`{name}`", str(t["statements"]), str(t["correct"]), str(t["no_choice"]), _f(t["share"]),
+              _f(t["share_of_choices"])] for name, t in c["by_debater"].items()]
+    out += [_table(["debater", "statements", "correct side", "no choice", "correct-side share", "of choices"], rows), "",
+            f"Both debaters chose the same answer in {c['both_same']} of {c['rounds']} rounds "
+            f"({c['both_same_correct']} of them the correct one); such rounds were played with both arguing for it.", ""]
+    return out
 
 
 def _image(images: dict[str, str], key: str) -> list[str]:
