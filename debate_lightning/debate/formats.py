@@ -90,8 +90,8 @@ class Format:
     def name(self) -> str:
         if self.kind == "consultancy":
             name = f"consultancy{self.consultant_side}"
-        elif self.kind == "debate" and self.simultaneous:
-            name = "debate_simultaneous"
+        elif self.kind in ("debate", "open_debate") and self.simultaneous:
+            name = f"{self.kind}_simultaneous"
         else:
             name = self.kind
         # A scratchpad changes the game: its rounds get ids and report rows of their own.

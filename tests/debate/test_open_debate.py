@@ -37,6 +37,7 @@ def test_the_format_plays_blind_choices_then_a_debate():
     assert f.steps() == [(0, 1), (0,), (1,), (0,), (1,)]
     assert Format(kind="open_debate", num_speeches=1, simultaneous=True).steps() == [(0, 1), (0, 1)]
     assert f.sides == (0, 1) and f.sees(0, 1) and f.sees(1, 0) and f.prompts == "open_debate"
+    assert f.name == "open_debate" and Format(kind="open_debate", simultaneous=True).name == "open_debate_simultaneous"
     with pytest.raises(ValueError, match="num_speeches"):
         Format(kind="open_debate", num_speeches=0)
 
