@@ -202,3 +202,22 @@ def test_the_shipped_config_runs_on_the_embedded_judge_and_reports_both_judges(t
     assert m["judges"] == ["embedded"] and m["rounds"]["judged"] == 2 and m["human_judges"]["refused"] == 2
     assert m["human_judges"]["humans"]["sessions"] == 2
     assert "## Model judge vs human judges" in (out / "report.md").read_text()
+
+
+def test_the_shipped_offline_config_replays_the_default_run(tiny_model_dir, tmp_path):
+    """configs/tournament_offline.yaml after configs/tournament.yaml (as `make run` writes it), on
+    the tiny model: the replayed side says exactly what smollm2 said on that question and side."""
+    from debate_lightning.tournament.cli import tournament_main
+    from debate_lightning.tournament.results import read_results
+
+    quiet = ["--progress", "false", "--report", "false", "--models.embedded.path", str(tiny_model_dir),
+             "--models.embedded.dtype", "float32"]
+    first, second = tmp_path / "tournament", tmp_path / "offline"
+    assert tournament_main(["--config", "tournament.yaml", "--output", str(first), *quiet]) == 0
+    assert tournament_main(["--config", "tournament_offline.yaml", "--output", str(second),
+                            "--models.earlier.path", str(first), *quiet]) == 0
+    said = {(r.question["uid"], s["side"]): s["text"] for r in read_results(first) for s in r.speeches}
+    replayed = [(r.question["uid"], s["side"], s["text"]) for r in read_results(second) for s in r.speeches
+                if r.debaters[s["side"]] == "smollm2_replayed"]
+    assert len(replayed) == 16  # 8 rounds x 2 side assignments, one speech each
+    assert all(text == said[(uid, side)] for uid, side, text in replayed)
