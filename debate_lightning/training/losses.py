@@ -175,6 +175,80 @@ def ppo_policy_loss(
     return loss, stats
 
 
+def group_advantages(rewards: torch.Tensor, groups: torch.Tensor, kind: str = "grpo", eps: float = 1e-4) -> torch.Tensor:
+    """Advantages of ``rewards`` [N] relative to the other members of their group (``groups`` [N],
+    any integer ids; e.g. one id per speech state, or per (state, side, turn) for role-conditioned
+    self-play):
+
+    - ``grpo`` (Shao et al. 2024): ``(r − mean_g) / (std_g + eps)``, std with Bessel's correction;
+    - ``dr_grpo`` (Liu et al. 2025, "Dr. GRPO"): ``r − mean_g``, no division by the std;
+    - ``rloo`` (Ahmadian et al. 2024): ``r − mean of the other members``, = ``n/(n−1)·(r − mean_g)``.
+
+    A group whose rewards are all equal gets zero advantage; a group of one gets zero too (no baseline).
+    """
+    if kind not in ("grpo", "dr_grpo", "rloo"):
+        raise ValueError(f"unknown advantage {kind!r}; choose 'grpo', 'dr_grpo' or 'rloo'")
+    _, index = torch.unique(groups, return_inverse=True)
+    k = int(index.max()) + 1 if index.numel() else 0
+    r = rewards.float()
+    count = torch.zeros(k, device=r.device).index_add_(0, index, torch.ones_like(r))
+    mean = torch.zeros(k, device=r.device).index_add_(0, index, r) / count
+    centred = r - mean[index]
+    n = count[index]
+    if kind == "rloo":
+        return torch.where(n > 1, centred * n / (n - 1).clamp(min=1), torch.zeros_like(r))
+    if kind == "dr_grpo":
+        return torch.where(n > 1, centred, torch.zeros_like(r))
+    var = torch.zeros(k, device=r.device).index_add_(0, index, centred**2) / (count - 1).clamp(min=1)
+    return torch.where(n > 1, centred / (var.sqrt()[index] + eps), torch.zeros_like(r))
+
+
+def grpo_loss(
+    logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
+    ref_logp: torch.Tensor | None = None, beta: float = 0.0, clip_low: float = 0.2, clip_high: float | None = None,
+    loss_type: str = "grpo", max_completion_length: int | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The clipped token-level policy loss of GRPO-family trainers, as TRL defines its normalisations.
+
+    Per token: ``ρ = exp(logp − old_logp)``, ``ℓ = −min(ρ·A, clip(ρ, 1−ε_low, 1+ε_high)·A) + β·k3``
+    with ``A`` the sequence's advantage ([B] broadcast over its tokens) and ``k3`` the KL estimate to
+    the reference (``kl_penalty(..., "k3")``; only with ``beta > 0``). Reduced by ``loss_type``:
+    ``grpo``: each sequence's mean over its tokens, then the mean over sequences; ``dr_grpo``: the sum
+    over all tokens / (B · ``max_completion_length``); ``dapo``: the sum over all tokens / their number.
+    Stats (detached): ``kl``, ``clip_ratio/low_mean`` (tokens clipped below, A < 0),
+    ``clip_ratio/high_mean`` (clipped above, A > 0), ``clip_ratio/region_mean`` (either).
+    """
+    if loss_type not in ("grpo", "dr_grpo", "dapo"):
+        raise ValueError(f"unknown loss_type {loss_type!r}; choose 'grpo', 'dr_grpo' or 'dapo'")
+    clip_high = clip_low if clip_high is None else clip_high
+    m = mask.to(logp.dtype)
+    ratio = torch.exp(logp - old_logp)
+    a = advantages.to(logp.dtype)[:, None].expand_as(logp)
+    per_token = -torch.minimum(ratio * a, torch.clamp(ratio, 1 - clip_low, 1 + clip_high) * a)
+    kl = None
+    if beta > 0:
+        if ref_logp is None:
+            raise ValueError("grpo_loss: beta > 0 needs ref_logp")
+        kl = kl_penalty(logp, ref_logp, "k3")
+        per_token = per_token + beta * kl
+    if loss_type == "grpo":
+        loss = ((per_token * m).sum(-1) / m.sum(-1).clamp(min=1)).mean()
+    elif loss_type == "dr_grpo":
+        length = max_completion_length if max_completion_length is not None else logp.shape[-1]
+        loss = (per_token * m).sum() / (logp.shape[0] * length)
+    else:
+        loss = (per_token * m).sum() / m.sum().clamp(min=1)
+    with torch.no_grad():
+        low = (ratio < 1 - clip_low) & (a < 0)
+        high = (ratio > 1 + clip_high) & (a > 0)
+        stats = {"clip_ratio/low_mean": masked_mean(low.to(logp.dtype), m),
+                 "clip_ratio/high_mean": masked_mean(high.to(logp.dtype), m),
+                 "clip_ratio/region_mean": masked_mean((low | high).to(logp.dtype), m)}
+        if kl is not None:
+            stats["kl"] = masked_mean(kl, m)
+    return loss, stats
+
+
 def ppo_value_loss(
     values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, clip: float = 0.2
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
