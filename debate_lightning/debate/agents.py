@@ -122,17 +122,20 @@ class BestOfNDebater(Debater):
     n: int = 4
     judge: Judge | None = None
 
+    def sample_candidates(self, requests: Sequence[SpeechRequest]) -> tuple[list[SpeechRequest], list[Speech]]:
+        """``n`` candidates per request in one generate call: (each candidate's request, the candidates)."""
+        if self.judge is None:
+            raise ValueError(f"best-of-N debater {self.name!r} needs a judge to score its candidates")
+        start = time.perf_counter()
+        flat_reqs = [r for r in requests for _ in range(self.n)]
+        gens = self.generator.generate([c for c in self.chats(requests) for _ in range(self.n)], self.params)
+        per = (time.perf_counter() - start) / len(flat_reqs)
+        return flat_reqs, [_speech(r, g, per) for r, g in zip(flat_reqs, gens)]
+
     def speak(self, requests: Sequence[SpeechRequest]) -> list[Speech]:
         if not requests:
             return []
-        if self.judge is None:
-            raise ValueError(f"BestOfNDebater {self.name!r} needs a judge to score its candidates")
-        start = time.perf_counter()
-        chats = self.chats(requests)
-        flat_reqs = [r for r in requests for _ in range(self.n)]
-        gens = self.generator.generate([c for c in chats for _ in range(self.n)], self.params)
-        per = (time.perf_counter() - start) / len(flat_reqs)
-        candidates = [_speech(r, g, per) for r, g in zip(flat_reqs, gens)]
+        flat_reqs, candidates = self.sample_candidates(requests)
         trial = [r.transcript.with_speech(c) for r, c in zip(flat_reqs, candidates)]
         p_a = self.judge.p_a(trial)
         scores = [p if r.side == 0 else 1.0 - p for r, p in zip(flat_reqs, p_a)]

@@ -29,12 +29,11 @@ are judged in ONE ``p_a`` call.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from debate_lightning.debate.agents import BestOfNDebater, Debater, SpeechRequest, _speech
+from debate_lightning.debate.agents import BestOfNDebater, Debater, SpeechRequest
 from debate_lightning.debate.transcript import Speech
 
 Selection = Literal["max", "maxmin"]
@@ -87,13 +86,7 @@ class OpponentBestOfNDebater(BestOfNDebater):
     def speak(self, requests: Sequence[SpeechRequest]) -> list[Speech]:
         if not requests:
             return []
-        if self.judge is None:
-            raise ValueError(f"best-of-N debater {self.name!r} needs a judge to score its candidates")
-        start = time.perf_counter()
-        flat = [r for r in requests for _ in range(self.n)]
-        gens = self.generator.generate([c for c in self.chats(requests) for _ in range(self.n)], self.params)
-        per = (time.perf_counter() - start) / len(flat)
-        candidates = [_speech(r, g, per) for r, g in zip(flat, gens)]
+        flat, candidates = self.sample_candidates(requests)
         trials = [r.transcript.with_speech(c) for r, c in zip(flat, candidates)]
 
         # Which candidates get opponent replies: a reply step exists, the candidate did not fail.
