@@ -22,6 +22,7 @@ COMMANDS = {
     "probe-table": "debate_lightning.training.probe_table:probe_table_main",
     "serve": "debate_lightning.serve:serve_main",
     "merge-adapter": "debate_lightning.models.merge:merge_adapter_main",
+    "study": "debate_lightning.study.cli:study_main",
 }
 
 USAGE = "usage: python -m debate_lightning {" + ",".join(COMMANDS) + "} [options]   (-h after a command for its help)"
