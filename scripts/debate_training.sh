@@ -71,6 +71,11 @@ stage sft "${DL[@]}" fit --config "$OUT/sft/fit.yaml" --ckpt_path last
 for k in $(seq 1 "$K"); do
   # 2. Best-of-N self-play of the latest checkpoint; the judge's scores make preferences.jsonl.
   stage "selfplay_$k" "${DL[@]}" tournament --config "$OUT/selfplay_$k/tournament.yaml" --resume --progress false --report false
+  if [[ ! -s $OUT/selfplay_$k/preferences.jsonl ]]; then
+    echo "error: $OUT/selfplay_$k/preferences.jsonl holds no preference pairs (every best-of-N candidate scored the same?);" \
+         "raise selfplay.data.limit or selfplay.debater.best_of_n, or lower selfplay.preferences.min_margin, in a new OUTDIR" >&2
+    exit 1
+  fi
   # 3. DPO on those pairs, from the latest checkpoint.
   stage "dpo_$k" "${DL[@]}" fit --config "$OUT/dpo_$k/fit.yaml" --ckpt_path last
 done

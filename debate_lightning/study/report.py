@@ -212,7 +212,7 @@ def render(m: dict, images: dict[str, str]) -> str:
     s, ev = m["study"], m["evaluation"]
     out = ["# The debate-training study", "",
            f"Checkpoints {', '.join(s['checkpoints'])} (base model `{s['model']}`, {s['dpo_rounds']} DPO rounds), "
-           f"judged by `{ev['judges'][0] if len(ev['judges']) == 1 else ev['judges']}` on {ev['questions']} held-out "
+           f"judged by {_judge(s['judge'])} on {ev['questions']} held-out "
            f"questions in both side orders: {ev['rounds']['judged']} judged rounds ({ev['rounds']['failed']} failed). "
            f"Intervals are 95% bootstraps over questions ({m['bootstrap']['replicates']} replicates). "
            "Every number here is in metrics.json beside this file.", ""]
@@ -277,6 +277,11 @@ def render(m: dict, images: dict[str, str]) -> str:
     return "\n".join(out)
 
 
+def _judge(spec: dict) -> str:
+    what = spec.get("model") or spec.get("path") or "?"
+    return f"`{what}` ({spec.get('backend', 'hf')})"
+
+
 def _probe(p: dict | None, m: dict) -> list[str]:
     out = ["## Probe judge", ""]
     if p is None:
@@ -300,8 +305,8 @@ def _power(m: dict) -> list[str]:
             f"count once). At α = {w['alpha']} and power {w['power']}, with accuracy near p = {w['p']}, this run can "
             f"detect a judge accuracy that differs from chance by **{fmt(w['mde_vs_chance'])}** and a difference "
             f"between two cells (debate vs consultancy, one checkpoint vs another) of **{fmt(w['mde_between_cells'])}** "
-            f"or more ({w['formula']}; the paired design can only do better than the unpaired formula, by how much "
-            "depends on the correlation between formats, which a run this size cannot estimate). ")
+            f"or more ({w['formula']}; the paired debate − consultancy test detects less when a question's outcomes in the "
+            "two formats are positively correlated, a correlation a run this size cannot estimate). ")
     if largest is not None:
         text += f"The largest observed debate − consultancy difference is {fmt(largest)}; "
     text += ("no checkpoint's debate − consultancy interval excludes 0, so this run shows no difference either way; "
