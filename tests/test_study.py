@@ -109,14 +109,15 @@ def test_minimal_detectable_effects_match_hand_values():
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory, tiny_model_dir) -> Path:
-    """The pipeline below tiny size on the tiny random Llama, killed during dpo_1 and rerun."""
+    """The pipeline below tiny size on the tiny random Llama (K = 1: every stage once; the chain of
+    K > 1 is planned above), killed during dpo_1 and rerun."""
     root = tmp_path_factory.mktemp("study")
     probe = write_probe(root / "probe", model=str(tiny_model_dir), hidden=32, num_layers=2,
                         prompt_sets=("debate", "consultancy", "empty"))
     model = {"dtype": "float32", "device": "cpu", "max_batch_size": 16}
     config = {
         "model": str(tiny_model_dir), "model_options": model,
-        "judge": {"backend": "hf", "path": str(tiny_model_dir), **model}, "probe": str(probe), "dpo_rounds": 2,
+        "judge": {"backend": "hf", "path": str(tiny_model_dir), **model}, "probe": str(probe), "dpo_rounds": 1,
         "sft": {"args": {"data.init_args.results": ["synthetic:4"], "data.init_args.batch_size": 2,
                          "trainer.max_steps": 2}},
         "selfplay": {"data": {"limit": 1}, "debater": {"max_new_tokens": 6, "best_of_n": 2}},
@@ -154,7 +155,7 @@ def test_a_killed_run_resumes_at_the_killed_stage_without_redoing_finished_ones(
         assert ("skip", name) in events
     # dpo_1 was killed (started twice, finished once); every later stage ran exactly once.
     assert events.count(("start", "dpo_1")) == 2 and events.count(("done", "dpo_1")) == 1
-    later = ["selfplay_2", "dpo_2", "eval", "eval_probe", "report"]
+    later = ["eval", "eval_probe", "report"]
     assert [n for e, n in events if e == "start" and n in later] == later
     # The killed fit resumed into its own directory, and its adapter is where the next stage looks.
     assert (study / "dpo_1" / "train" / "run" / "adapter").is_dir()
@@ -162,31 +163,31 @@ def test_a_killed_run_resumes_at_the_killed_stage_without_redoing_finished_ones(
 
 
 def test_every_stage_ran_and_left_its_command_and_config(study):
-    for name in ("sft", "selfplay_1", "dpo_1", "selfplay_2", "dpo_2", "eval", "eval_probe", "report"):
+    for name in ("sft", "selfplay_1", "dpo_1", "eval", "eval_probe", "report"):
         assert (study / name / "done").is_file()
         command = (study / name / "command.sh").read_text()
         assert str(study / name) in command or name == "report"
-    for name in ("sft", "dpo_1", "dpo_2"):
+    for name in ("sft", "dpo_1"):
         assert (study / name / "train" / "run" / "config.yaml").is_file()  # fit's resolved config
         assert (study / name / "train" / "run" / "adapter" / "adapter_model.safetensors").is_file()
-    for name in ("selfplay_1", "selfplay_2"):
+    for name in ("selfplay_1",):
         assert (study / name / "config.yaml").is_file()
         pairs = (study / name / "preferences.jsonl").read_text().splitlines()
         assert pairs and {"prompt", "chosen", "rejected"} <= set(json.loads(pairs[0]))
     # Each training stage changed the weights it started from.
     from safetensors.torch import load_file
-    tensors = [load_file(study / n / "train" / "run" / "adapter" / "adapter_model.safetensors") for n in ("sft", "dpo_1", "dpo_2")]
+    tensors = [load_file(study / n / "train" / "run" / "adapter" / "adapter_model.safetensors") for n in ("sft", "dpo_1")]
     for before, after in zip(tensors, tensors[1:]):
         assert any(not (before[k] == after[k]).all() for k in before)
 
 
 def test_the_evaluation_covers_every_checkpoint_format_and_side_order(study):
     rounds = [json.loads(line) for line in (study / "eval" / "rounds.jsonl").read_text().splitlines()]
-    names = ["base", "sft", "dpo_1", "dpo_2"]
+    names = ["base", "sft", "dpo_1"]
     kinds = {(r["format"]["kind"], tuple(r["debaters"])) for r in rounds if r["status"] == "ok"}
     for c in names:
         assert ("debate", (c, c)) in kinds and ("consultancy", (c, "")) in kinds and ("consultancy", ("", c)) in kinds
-    assert ("debate", ("base", "dpo_2")) in kinds and ("empty", ("", "")) in kinds
+    assert ("debate", ("base", "dpo_1")) in kinds and ("debate", ("dpo_1", "sft")) in kinds and ("empty", ("", "")) in kinds
     # Two questions, both side orders: 4 rounds per self-play cell.
     assert sum(1 for r in rounds if r["format"]["kind"] == "debate" and r["debaters"] == ["sft", "sft"]) == 4
 
@@ -218,7 +219,7 @@ def test_the_report_numbers_are_metrics_json(study):
     for k, cal in m["calibration_by_format"].items():
         assert (k, str(cal["rounds"]), f(cal["ece"]), f(cal["ece_top_label"])) in rows
     bt = m["bradley_terry"]
-    assert set(bt["ratings"]) == {"base", "sft", "dpo_1", "dpo_2"}
+    assert set(bt["ratings"]) == {"base", "sft", "dpo_1"}
     for c, r in bt["ratings"].items():
         assert any(row[0] == c and row[1] == f"{r['elo']:.0f}" for row in rows)
     probe = m["probe"]
