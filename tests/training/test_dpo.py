@@ -313,7 +313,7 @@ def test_initial_reference_is_the_sft_adapter_and_base_is_the_base(tiny_model, s
     assert not torch.allclose(_logps(initial.policy, batch["packed"]), sft, atol=1e-4)
     assert {n for n, p in initial.named_parameters() if p.requires_grad} == trainable
     rows = list(csv.DictReader(open(tmp_path / "v" / "metrics.csv")))
-    assert float(rows[0]["loss"]) == pytest.approx(0.693147, abs=1e-5) and float(rows[0]["rewards/margins"]) == 0
+    assert float(rows[0]["loss"]) == pytest.approx(0.693147, abs=1e-5) and abs(float(rows[0]["rewards/margins"])) < 1e-5
     adapter = tmp_path / "v" / "adapter"
     assert (adapter / "adapter_model.safetensors").is_file() and not (adapter / "reference").exists()
     with pytest.raises(ValueError, match="unknown reference 'sft'.*'adapter' is the old name of 'base'"):
