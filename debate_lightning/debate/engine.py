@@ -115,9 +115,13 @@ def _result(
 
 
 def play_speeches(
-    specs: Sequence[RoundSpec], debaters: Mapping[str, Debater], transcripts: list[Transcript] | None = None
+    specs: Sequence[RoundSpec], debaters: Mapping[str, Debater], transcripts: list[Transcript] | None = None,
+    start_steps: Sequence[int] | None = None,
 ) -> list[Transcript]:
-    """Play every step of every round (no judging); returns one transcript per spec."""
+    """Play every step of every round (no judging); returns one transcript per spec.
+
+    ``start_steps[i]`` continues round ``i`` from that step (its transcript already holds the
+    speeches before it): rounds branched mid-way go on batched with the rest."""
     missing = {name for s in specs for side in s.format.sides if (name := s.debaters[side]) not in debaters}
     if missing:
         raise KeyError(f"rounds name debaters that are not configured: {sorted(missing)}; known: {sorted(debaters)}")
@@ -132,10 +136,11 @@ def play_speeches(
                                      f"{agent.name!r} ({type(agent).__name__}) does not write scratchpads")
     transcripts = transcripts or [Transcript(s.question, s.format) for s in specs]
     steps = [s.format.steps() for s in specs]
-    for t in range(max((len(st) for st in steps), default=0)):
+    starts = list(start_steps) if start_steps is not None else [0] * len(specs)
+    for t in range(min(starts, default=0), max((len(st) for st in steps), default=0)):
         by_agent: dict[str, list[SpeechRequest]] = defaultdict(list)
-        for spec, tr, st in zip(specs, transcripts, steps):
-            if t < len(st) and not any(s.error for s in tr.speeches):
+        for spec, tr, st, first in zip(specs, transcripts, steps, starts):
+            if first <= t < len(st) and not any(s.error for s in tr.speeches):
                 for side in st[t]:
                     by_agent[spec.debaters[side]].append(SpeechRequest(tr, side, t))
         # Compute every speech of the step before appending any, so simultaneous speakers are blind.

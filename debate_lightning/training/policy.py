@@ -293,8 +293,9 @@ def _decoder_and_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn
     return base.get_decoder(), base.get_output_embeddings()
 
 
-def completion_logps(model: torch.nn.Module, batch: PackedBatch) -> torch.Tensor:
-    """[B, K, Lc] log-probs of each completion token under ``model`` (0 at padding)."""
+def completion_logps(model: torch.nn.Module, batch: PackedBatch, temperature: float = 1.0) -> torch.Tensor:
+    """[B, K, Lc] log-probs of each completion token under ``model`` (0 at padding), with the
+    logits divided by ``temperature`` (an online objective's sampling temperature, as TRL does)."""
     mask = batch.attention_mask
     if mask.dim() == 4 and getattr(model.config, "_attn_implementation", "sdpa") != "sdpa":
         # eager attention adds the mask to the scores: 0 where allowed, -inf-ish elsewhere
@@ -316,6 +317,8 @@ def completion_logps(model: torch.nn.Module, batch: PackedBatch) -> torch.Tensor
                          use_cache=False).last_hidden_state
         h = hidden[rows, batch.predict_at[real]]  # [N, H]: only positions that predict completion tokens
         logits = head(h).float()
+    if temperature != 1.0:
+        logits = logits / temperature
     token_logps = logits.gather(-1, batch.targets[real][:, None]).squeeze(-1) - logits.logsumexp(-1)
     out = torch.zeros((B, K, Lc), dtype=token_logps.dtype, device=logits.device)
     out[real] = token_logps

@@ -110,18 +110,22 @@ class Reference(torch.nn.Module):
             for n, p in policy.named_parameters():  # set_adapter toggles requires_grad: put it back exactly
                 p.requires_grad_(grads[n])
 
-    def _compute(self, batch: PackedBatch) -> torch.Tensor:
+    def token_logps(self, batch: PackedBatch, temperature: float = 1.0) -> torch.Tensor:
+        """[B, K, Lc] per-token log-probs under the reference (``policy.completion_logps``), no grad."""
         if self.copy is not None:
             with torch.no_grad():
-                return completion_logps(self.copy, batch).sum(-1)
+                return completion_logps(self.copy, batch, temperature)
         policy = self._policy[0]
         was_training = policy.training
         policy.eval()
         try:
             with torch.no_grad(), self._reference_weights():
-                return completion_logps(policy, batch).sum(-1)
+                return completion_logps(policy, batch, temperature)
         finally:
             policy.train(was_training)
+
+    def _compute(self, batch: PackedBatch) -> torch.Tensor:
+        return self.token_logps(batch).sum(-1)
 
     def forward(self, batch: PackedBatch, keys: list[str] | None = None) -> torch.Tensor:
         if not self.cached or keys is None:

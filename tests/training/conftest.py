@@ -38,6 +38,14 @@ def tiny_model(tmp_path_factory) -> str:
     return str(path)
 
 
+@pytest.fixture(scope="module")
+def tiny_policy(tiny_model):
+    """The tiny model with LoRA adapters (r=4), and its tokenizer."""
+    from debate_lightning.training.policy import LoraSpec, build_policy
+
+    return build_policy(tiny_model, lora=LoraSpec(r=4, alpha=8))
+
+
 def write_pairs(path, n: int = 8, seed: int = 0) -> str:
     """``n`` preference pairs with varied lengths and soft preferences, as JSONL."""
     import random

@@ -17,9 +17,10 @@ from debate_lightning.data.config import DataConfig
 from debate_lightning.models.hf import live_generator
 from debate_lightning.training.online.datamodule import DebateRolloutDataModule
 from debate_lightning.training.online.debater import play_rollout
+from debate_lightning.training.online.grpo import GRPOModule
 from debate_lightning.training.online.online_dpo import OnlineDPOModule
 from debate_lightning.training.online.records import Candidate, Rollout, SpeechSample, preference_pairs, trajectories
-from debate_lightning.training.policy import LoraSpec, OptimConfig, PolicyConfig, build_policy, prompt_ids
+from debate_lightning.training.policy import LoraSpec, OptimConfig, PolicyConfig, prompt_ids
 
 TINY_SAMPLING = SamplingParams(max_new_tokens=4, temperature=1.0)
 
@@ -75,12 +76,6 @@ def test_trajectories_rewards():
 
 
 # -- rollouts with a tiny model -------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def tiny_policy(tiny_model):
-    policy, tokenizer = build_policy(tiny_model, lora=LoraSpec(r=4, alpha=8))
-    return policy, tokenizer
-
-
 def test_play_rollout_records_what_the_policy_sampled(tiny_model, tiny_policy):
     policy, tok = tiny_policy
     gen = live_generator(policy, tok, "policy")
@@ -134,9 +129,11 @@ def test_state_dict_round_trip_and_bad_options():
         DebateRolloutDataModule(rounds_per_epoch=0)
 
 
-def _fit(tiny_model, tmp_path, max_epochs, ckpt_path=None):
+def _fit(tiny_model, tmp_path, max_epochs, ckpt_path=None, objective="online_dpo"):
     pl.seed_everything(0)
-    module = OnlineDPOModule(PolicyConfig(tiny_model, LoraSpec(r=4, alpha=8), save_adapter=False), OptimConfig(lr=1e-2))
+    policy = PolicyConfig(tiny_model, LoraSpec(r=4, alpha=8), save_adapter=False)
+    module = (OnlineDPOModule(policy, OptimConfig(lr=1e-2)) if objective == "online_dpo" else
+              GRPOModule(policy, OptimConfig(lr=1e-2), reward="final"))
     dm = DebateRolloutDataModule(questions=DataConfig(split="train", limit=8, both_orders=False),
                                  rounds_per_epoch=2, num_candidates=2, sampling=TINY_SAMPLING,
                                  judge=ModelSpec(path=tiny_model, dtype="float32"), judge_both_orders=False,
@@ -157,10 +154,12 @@ def _fit(tiny_model, tmp_path, max_epochs, ckpt_path=None):
     return played, dm
 
 
-def test_resume_replays_the_same_rollouts(tiny_model, tmp_path):
-    full, _ = _fit(tiny_model, tmp_path / "full", 2)
-    first, _ = _fit(tiny_model, tmp_path / "part", 1)
-    resumed, dm = _fit(tiny_model, tmp_path / "resumed", 2, ckpt_path=str(tmp_path / "part" / "ckpt" / "last.ckpt"))
+@pytest.mark.parametrize("objective", ["online_dpo", "grpo"])
+def test_resume_replays_the_same_rollouts(tiny_model, tmp_path, objective):
+    full, _ = _fit(tiny_model, tmp_path / "full", 2, objective=objective)
+    first, _ = _fit(tiny_model, tmp_path / "part", 1, objective=objective)
+    resumed, dm = _fit(tiny_model, tmp_path / "resumed", 2, ckpt_path=str(tmp_path / "part" / "ckpt" / "last.ckpt"),
+                       objective=objective)
     assert [(e, ep) for e, ep, _ in full] == [(0, 0), (1, 1)]
     assert [(e, ep) for e, ep, _ in resumed] == [(1, 1)]  # state restored: epoch 1 is next
     assert dm.state_dict() == {"seed": 5, "epoch": 2}

@@ -175,3 +175,18 @@ def test_ppo_on_two_processes(tiny_model, tmp_path):
     assert not {r["round_id"] for r in ranks[0]} & {r["round_id"] for r in ranks[1]}
     fingerprints = json.loads((run / "replica_fingerprints.json").read_text())
     assert fingerprints[0] == fingerprints[1]
+
+
+@pytest.mark.multiprocess
+def test_grpo_on_two_processes(tiny_model, tmp_path):
+    """GRPO with ``reward: final``: each rank continues its own rounds' group members and scores
+    them, and the replicas end identical."""
+    _fit(tiny_model, tmp_path / "grpo", 1, config="grpo.yaml")
+    run = tmp_path / "grpo" / "grpo" / "version_0"
+    ranks = [_rounds(run / "rollouts" / f"epoch-0000-rank-{rank}.jsonl") for rank in (0, 1)]
+    assert len(ranks[0]) == len(ranks[1]) == 2
+    assert not {r["round_id"] for r in ranks[0]} & {r["round_id"] for r in ranks[1]}
+    scores = [c["score"] for rounds in ranks for r in rounds for s in r["speeches"] for c in s["candidates"]]
+    assert len(scores) == 2 * 2 * 2 * 4 and all(s is not None for s in scores)  # every member of every group
+    fingerprints = json.loads((run / "replica_fingerprints.json").read_text())
+    assert fingerprints[0] == fingerprints[1]

@@ -33,6 +33,8 @@ class OnlineObjectiveModule(PolicyModule):
     """
 
     min_candidates = 1  # speeches the DataModule must sample per turn
+    candidate_reward = "immediate"  # how the DataModule scores candidates (``debater.play_rollout``)
+    _temperature: float | None = None  # None: the rollout's sampling temperature
 
     def __init__(self, policy: PolicyConfig, optim: OptimConfig):
         if optim.scheduler != "constant":
@@ -44,6 +46,18 @@ class OnlineObjectiveModule(PolicyModule):
     def rollout_examples(self, rollout: Rollout) -> list[dict[str, Any]]:
         """This objective's training examples from one epoch's rollout."""
         raise NotImplementedError(f"{type(self).__name__} must define rollout_examples(rollout)")
+
+    @property
+    def temperature(self) -> float:
+        """The temperature log-probs are computed at: the rollout's sampling temperature unless set."""
+        if self._temperature is not None:
+            return self._temperature
+        try:
+            dm = self.trainer.datamodule
+        except RuntimeError:  # not attached to a Trainer
+            dm = None
+        t = getattr(getattr(dm, "sampling", None), "temperature", 1.0)
+        return t if t > 0 else 1.0
 
     def setup(self, stage: str) -> None:
         super().setup(stage)

@@ -7,7 +7,8 @@ own model, live adapters and all (``debater.play_rollout``), and hands the ``Rol
 module's ``rollout_examples(rollout)`` (the ``OnlineObjectiveModule`` contract, ``base.py``).
 
 A training module works with this DataModule when it has ``policy`` (the causal LM),
-``tokenizer`` and ``rollout_examples(rollout) -> list[dict]``.
+``tokenizer`` and ``rollout_examples(rollout) -> list[dict]``; its ``candidate_reward``
+(``immediate`` unless it says ``final``) is how candidate speeches are scored (``play_rollout``).
 
 Randomness is counter-based: epoch ``e`` draws its questions, side orders and sampling seed from
 ``(seed, e)`` alone, in a forked torch RNG that leaves the training RNG untouched. So a run
@@ -187,7 +188,8 @@ class DebateRolloutDataModule(pl.LightningDataModule):
         with torch.random.fork_rng(devices=[]):  # rollouts neither use nor move the training RNG
             torch.manual_seed(sample_seed)
             rollout = play_rollout(questions, fmts, self.policy_generator(module), self.judge(module),
-                                   dataclasses.replace(self.sampling, seed=None), self.num_candidates, epoch, self.seed)
+                                   dataclasses.replace(self.sampling, seed=None), self.num_candidates, epoch, self.seed,
+                                   getattr(module, "candidate_reward", "immediate"))
         rollout.seed = sample_seed
         return rollout
 

@@ -138,17 +138,6 @@ class PPOModule(OnlineObjectiveModule):
         h = self.hparams
         return trajectories(rollout, h.baseline, h.baseline_value, h.correctness_weight, h.opening_only)
 
-    @property
-    def temperature(self) -> float:
-        if self._temperature is not None:
-            return self._temperature
-        try:
-            dm = self.trainer.datamodule
-        except RuntimeError:  # not attached to a Trainer
-            dm = None
-        t = getattr(getattr(dm, "sampling", None), "temperature", 1.0)
-        return t if t > 0 else 1.0
-
     # -- training -----------------------------------------------------------------------------
     def training_step(self, batch: list[dict[str, Any]], batch_idx: int) -> None:
         h = self.hparams

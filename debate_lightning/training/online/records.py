@@ -5,7 +5,8 @@ sampled ``Candidate`` (the exact token ids the policy produced) in a ``SpeechSam
 objective reads the examples it needs off it:
 
 - ``preference_pairs``: the judge's best candidate against its worst, per speech (online DPO);
-- ``trajectories``: the played speech with the final verdict as reward (PPO).
+- ``trajectories``: the played speech with the final verdict as reward (PPO);
+- ``candidate_groups``: every candidate of a speech as one group with group-relative advantages (GRPO).
 
 Plain dataclasses and lists of ints: nothing here touches a model.
 """
@@ -17,7 +18,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from debate_lightning.debate.engine import RoundResult
+from debate_lightning.debate.transcript import Speech
+from debate_lightning.training.losses import group_advantages
 
 
 @dataclass
@@ -27,7 +32,10 @@ class Candidate:
     response_ids: list[int]
     text: str
     finished: bool
-    score: float | None = None  # judge P(own side) with this speech appended (best-of-N only)
+    # the judge's P(own side) for this candidate: right after it (best-of-N's ``immediate``), or at
+    # the end of the round continued from it (``final``); None when unscored or no verdict
+    score: float | None = None
+    speech: Speech | None = None  # the speech as played (quotes checked), to continue a round from it
 
 
 @dataclass
@@ -41,6 +49,7 @@ class SpeechSample:
     prompt_ids: list[int]
     candidates: list[Candidate]
     chosen: int = 0
+    prefix_len: int = 0  # speeches the transcript held when this one was asked for
 
 
 @dataclass
@@ -179,3 +188,48 @@ def trajectories(
     for t in out:
         t["reward"] -= b
     return out
+
+
+def candidate_groups(
+    rollout: Rollout,
+    advantage: str = "grpo",
+    role_conditioned: bool = True,
+    correctness_weight: float = 0.0,
+    opening_only: bool = False,
+) -> list[dict[str, Any]]:
+    """One example per speech: its candidates as a group, each with a group-relative advantage (GRPO).
+
+    A candidate's reward is its ``score`` (the judge's P(own side), immediate or final as the
+    rollout scored it) plus ``correctness_weight`` when its side argues the correct answer, minus
+    it otherwise. Candidates without a score (no verdict) or without tokens are left out.
+
+    The baseline group (``losses.group_advantages``): with ``role_conditioned`` the candidates of
+    one speech, i.e. one (round, side, turn) state; without it every candidate of the round, both
+    sides and all turns pooled, so in self-play the two roles' zero-sum rewards share a mean.
+    """
+    members = []  # (sample index, candidate index, reward, group id)
+    for i, s in enumerate(rollout.samples):
+        if opening_only and s.speech_number != 1:
+            continue
+        sign = 1.0 if rollout.is_correct_side(s.round_index, s.side) else -1.0
+        for k, c in enumerate(s.candidates):
+            if c.score is not None and not math.isnan(c.score) and c.response_ids:
+                members.append((i, k, c.score + correctness_weight * sign, i if role_conditioned else s.round_index))
+    if not members:
+        return []
+    rewards = torch.tensor([m[2] for m in members], dtype=torch.float64)
+    advantages = group_advantages(rewards, torch.tensor([m[3] for m in members]), advantage).tolist()
+    out: dict[int, dict[str, Any]] = {}
+    for (i, k, reward, _), adv in zip(members, advantages):
+        s = rollout.samples[i]
+        c = s.candidates[k]
+        if i not in out:
+            out[i] = {"prompt_ids": s.prompt_ids, "completions": [], "rewards": [], "scores": [], "advantages": [],
+                      "finished": [], "side": s.side, "speech_number": s.speech_number}
+        ex = out[i]
+        ex["completions"].append(c.response_ids)
+        ex["rewards"].append(reward)
+        ex["scores"].append(c.score)
+        ex["advantages"].append(adv)
+        ex["finished"].append(c.finished)
+    return list(out.values())
