@@ -23,6 +23,7 @@ COMMANDS = {
     "serve": "debate_lightning.serve:serve_main",
     "merge-adapter": "debate_lightning.models.merge:merge_adapter_main",
     "study": "debate_lightning.study.cli:study_main",
+    "curves": "debate_lightning.training.curves:curves_main",
 }
 
 USAGE = "usage: python -m debate_lightning {" + ",".join(COMMANDS) + "} [options]   (-h after a command for its help)"
