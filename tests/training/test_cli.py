@@ -135,3 +135,23 @@ def test_wrong_type_is_a_precise_error(key, value, capsys):
         cli_main(["fit", "--config", str(CONFIGS / "dpo.yaml"), f"--model.init_args.{key}={value}"])
     err = capsys.readouterr().err
     assert key in err and value in err
+
+
+def test_grpo_tournament_overlay_logs_a_win_rate_curve(tiny_model, tmp_path, monkeypatch, capsys):
+    """`--config grpo.yaml --config grpo_tournament.yaml` (the README's example): the win rate against
+    the initial weights before training and after every epoch, read back by `curves`."""
+    from debate_lightning.__main__ import main
+
+    monkeypatch.chdir(tmp_path)
+    doc = yaml.safe_load((CONFIGS / "grpo.yaml").read_text())
+    overrides = _embedded_overrides(doc["model"], "model", tiny_model) + _embedded_overrides(doc["data"], "data", tiny_model)
+    cli_main(["fit", "--config", "grpo.yaml", "--config", "grpo_tournament.yaml", *overrides,
+              "--data.init_args.rounds_per_epoch=2", "--data.init_args.sampling.max_new_tokens=4",
+              "--trainer.max_epochs=2", "--trainer.enable_progress_bar=false"])
+    run = tmp_path / "outputs" / "grpo_tournament" / "grpo" / "version_0"
+    capsys.readouterr()
+    assert main(["curves", str(run), "--metrics", "tournament/win_rate", "tournament/rounds"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[1:]]
+    assert [r[0] for r in rows] == ["start", "0", "1"]
+    assert all(r[2] == "8.000" for r in rows)  # 4 held-out questions, both side assignments
+    assert all(0 <= float(r[1]) <= 1 and (float(r[1]) * 8).is_integer() for r in rows)  # a share of 8 rounds
