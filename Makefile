@@ -33,7 +33,7 @@ run: setup
 
 # PYTEST_ARGS: e.g. -m "not multiprocess", -k probe
 test: setup
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q --durations=15 $(PYTEST_ARGS)
 
 # The tested set as pip constraints (every package of .venv, name==version), which
 # Singularity.def installs with; rerun after the venv changes and commit constraints.txt.

@@ -151,9 +151,10 @@ def test_grpo_moves_the_policy_toward_a_planted_higher_reward_speech(tiny_model,
                          log_every_n_steps=1, enable_checkpointing=False, enable_progress_bar=False)
     trainer.fit(module, dm)
     after = mean_logp([planted] * 4), mean_logp(others)
-    # the planted speech rises (the 2-layer, 32-wide model moves slowly: about 1 nat in 6 steps)
-    # and the zero-reward members it was compared with fall
-    assert after[0] > before[0] + 0.5 and after[1] < before[1], (before, after)
+    # the planted speech rises (the 2-layer, 32-wide model moves slowly: about 1 nat in 6 steps),
+    # and by more than the zero-reward members it was compared with: the margin between them grows
+    rise = after[0] - before[0], after[1] - before[1]
+    assert rise[0] > 0.5 and rise[0] > rise[1] + 0.5, (before, after)
 
     rows = read_metrics(trainer.log_dir)
     for key in (*TRL_GRPO_METRICS, "objective/scores", "rollout/judge_accuracy", "time/rollout_s"):
