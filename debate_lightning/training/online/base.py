@@ -48,16 +48,33 @@ class OnlineObjectiveModule(PolicyModule):
         raise NotImplementedError(f"{type(self).__name__} must define rollout_examples(rollout)")
 
     @property
+    def rollout_sampling(self) -> Any:
+        """The rollout DataModule's ``SamplingParams`` (None when not attached to one)."""
+        try:
+            dm = self.trainer.datamodule
+        except RuntimeError:  # not attached to a Trainer
+            return None
+        return getattr(dm, "sampling", None)
+
+    @property
     def temperature(self) -> float:
         """The temperature log-probs are computed at: the rollout's sampling temperature unless set."""
         if self._temperature is not None:
             return self._temperature
-        try:
-            dm = self.trainer.datamodule
-        except RuntimeError:  # not attached to a Trainer
-            dm = None
-        t = getattr(getattr(dm, "sampling", None), "temperature", 1.0)
+        t = getattr(self.rollout_sampling, "temperature", 1.0)
         return t if t > 0 else 1.0
+
+    def manual_step(self, loss: Any, batch_idx: int, max_grad_norm: float) -> None:
+        """One optimizer step on ``loss`` under manual optimisation: a finite check, backward,
+        clipping by norm (``max_grad_norm`` 0 = off), the optimizer and the warmup schedule."""
+        opt, schedule = self.optimizers(), self.lr_schedulers()
+        self.check_finite(loss, batch_idx)
+        opt.zero_grad()
+        self.manual_backward(loss)
+        if max_grad_norm > 0:
+            self.clip_gradients(opt, gradient_clip_val=max_grad_norm, gradient_clip_algorithm="norm")
+        opt.step()
+        schedule.step()  # manual optimisation: Lightning does not step the warmup for us
 
     def setup(self, stage: str) -> None:
         super().setup(stage)

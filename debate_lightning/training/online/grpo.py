@@ -110,15 +110,10 @@ class GRPOModule(OnlineObjectiveModule):
     @property
     def max_completion_length(self) -> int | None:
         """The rollout's token budget (``dr_grpo``'s constant normaliser)."""
-        try:
-            sampling = getattr(self.trainer.datamodule, "sampling", None)
-        except RuntimeError:
-            sampling = None
-        return getattr(sampling, "max_new_tokens", None)
+        return getattr(self.rollout_sampling, "max_new_tokens", None)
 
     def training_step(self, batch: list[dict[str, Any]], batch_idx: int) -> None:
         h = self.hparams
-        opt, schedule = self.optimizers(), self.lr_schedulers()
         # one row per group: the prompt once, then every member (shorter groups padded with empty
         # completions, left out of the loss)
         K = max(len(e["completions"]) for e in batch)
@@ -136,13 +131,7 @@ class GRPOModule(OnlineObjectiveModule):
             logp = completion_logps(self.policy, packed, T).flatten(0, 1)[real]
             loss, step_stats = grpo_loss(logp, old if old is not None else logp.detach(), advantages, mask, ref,
                                          h.beta, h.epsilon, h.epsilon_high, h.loss_type, self.max_completion_length)
-            self.check_finite(loss, batch_idx)
-            opt.zero_grad()
-            self.manual_backward(loss)
-            if h.max_grad_norm > 0:
-                self.clip_gradients(opt, gradient_clip_val=h.max_grad_norm, gradient_clip_algorithm="norm")
-            opt.step()
-            schedule.step()  # manual optimisation: Lightning does not step the warmup for us
+            self.manual_step(loss, batch_idx, h.max_grad_norm)
             for key, value in {"loss": loss.detach(), **step_stats}.items():
                 stats.setdefault(key, []).append(value)
         self.log_dict({**{k: torch.stack(v).mean() for k, v in stats.items()}, **group_stats(batch)},

@@ -141,7 +141,6 @@ class PPOModule(OnlineObjectiveModule):
     # -- training -----------------------------------------------------------------------------
     def training_step(self, batch: list[dict[str, Any]], batch_idx: int) -> None:
         h = self.hparams
-        opt, schedule = self.optimizers(), self.lr_schedulers()
         packed = pack([e["prompt_ids"] for e in batch], [[e["response_ids"]] for e in batch],
                       self.tokenizer.pad_token_id).to(self.device)
         mask = packed.completion_mask[:, 0].float()  # [B, T]
@@ -173,13 +172,7 @@ class PPOModule(OnlineObjectiveModule):
                 pg_loss, pg_stats = ppo_policy_loss(logp, old_logp[idx], advantages[idx], m, h.clip)
                 vf_loss, vf_stats = ppo_value_loss(values, old_values[idx], returns[idx], m, h.value_clip)
                 loss = pg_loss + h.vf_coef * vf_loss
-                self.check_finite(loss, batch_idx)
-                opt.zero_grad()
-                self.manual_backward(loss)
-                if h.max_grad_norm > 0:
-                    self.clip_gradients(opt, gradient_clip_val=h.max_grad_norm, gradient_clip_algorithm="norm")
-                opt.step()
-                schedule.step()  # manual optimisation: Lightning does not step the warmup for us
+                self.manual_step(loss, batch_idx, h.max_grad_norm)
                 with torch.no_grad():
                     stats["pg"].append(pg_loss.detach())
                     stats["vf"].append(vf_loss.detach())
