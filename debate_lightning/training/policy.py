@@ -10,11 +10,13 @@ Public API (the SFT, DPO, online-DPO and PPO modules all build on it):
 ``adapters_disabled(model)``
     Context manager: inside it a PEFT model is its base model, i.e. the reference policy.
     A model without adapters is returned unchanged (use a frozen copy as reference instead).
-``pack(prompts, completions, pad_id) -> PackedBatch``
+``pack(prompts, completions, pad_id, share_prefixes=False) -> PackedBatch``
     Packs each prompt ONCE followed by its K completions in one row. Completion k sees the
     prompt and itself only (a 4D attention mask hides the other completions) and its position
     ids continue from the prompt's end, so each completion is scored exactly as if it had been
-    concatenated to the prompt alone, but the prompt is computed once for all K.
+    concatenated to the prompt alone, but the prompt is computed once for all K. With
+    ``share_prefixes``, examples whose prompts share a prefix (both debaters of a round: the
+    story) share a row, the prefix once and each prompt's rest after it.
 ``completion_logps(model, batch) -> [B, K, Lc]``
     Per-token log-probs of the completion tokens (0 at padding; ``batch.completion_mask`` tells
     which are real). The vocabulary projection runs only at positions that predict completion
@@ -204,11 +206,14 @@ def completion_ids(tokenizer: Any, text: str, eos: bool = True) -> list[int]:
 # -- packing ------------------------------------------------------------------------------------
 @dataclass
 class PackedBatch:
-    """B rows of ``prompt + completion_1 + … + completion_K`` (right padded).
+    """B examples of ``prompt + completion_1 + … + completion_K``, packed in R ≤ B right-padded rows.
 
-    ``attention_mask`` is [B, 1, L, L] bool (True = may attend) when K > 1, else [B, L].
-    ``predict_at[b, k, j]`` is the position whose logits predict ``targets[b, k, j]``, the j-th
-    token of completion k; ``completion_mask`` is 1 on real completion tokens.
+    A row holds a prompt once with all its completions; with ``share_prefixes`` it holds several
+    examples whose prompts share a prefix (the two debaters of one round share the story), the
+    prefix once. ``row_of[b]`` is example b's row. ``attention_mask`` is [R, 1, L, L] bool (True =
+    may attend) when a row holds more than one sequence, else [R, L]. ``predict_at[b, k, j]`` is
+    the position (in row ``row_of[b]``) whose logits predict ``targets[b, k, j]``, the j-th token of
+    completion k; ``completion_mask`` is 1 on real completion tokens.
     """
 
     input_ids: torch.Tensor
@@ -218,14 +223,19 @@ class PackedBatch:
     targets: torch.Tensor
     completion_mask: torch.Tensor
     row_lengths: torch.Tensor
+    row_of: torch.Tensor
 
     def to(self, device: torch.device | str) -> PackedBatch:
         return PackedBatch(**{k: v.to(device) for k, v in self.__dict__.items()})
 
     def rows(self, index: torch.Tensor | Sequence[int]) -> PackedBatch:
-        """The rows ``index`` (in that order) as a batch of their own."""
-        index = torch.as_tensor(index, device=self.input_ids.device)
-        return PackedBatch(**{k: v.index_select(0, index) for k, v in self.__dict__.items()})
+        """The examples ``index`` (in that order) as a batch of their own, with the rows they use."""
+        index = torch.as_tensor(index, dtype=torch.long, device=self.input_ids.device)
+        used = torch.unique(self.row_of.index_select(0, index))  # sorted
+        physical = ("input_ids", "attention_mask", "position_ids", "row_lengths")
+        parts = {k: v.index_select(0, used if k in physical else index) for k, v in self.__dict__.items()}
+        parts["row_of"] = torch.searchsorted(used, parts["row_of"])
+        return PackedBatch(**parts)
 
     @property
     def completion_lengths(self) -> torch.Tensor:
@@ -238,8 +248,44 @@ class PackedBatch:
         return int(self.row_lengths.sum())
 
 
-def pack(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[Sequence[int]]], pad_id: int) -> PackedBatch:
-    """Pack each prompt once with its completions; see :class:`PackedBatch`."""
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def _share_rows(prompts: Sequence[Sequence[int]], sizes: Sequence[int]) -> list[tuple[int, list[int]]]:
+    """Group examples into rows of (shared prefix length, members), greedily in order.
+
+    An example joins the row it shares the longest prefix with, if that prefix is at least half of
+    its prompt and the row stays within twice the longest example (padding and attention stay
+    bounded); otherwise it opens a row of its own, its whole prompt the row's prefix.
+    """
+    limit = 2 * max(sizes)
+    rows: list[tuple[int, list[int]]] = []
+    for i, p in enumerate(prompts):
+        best, best_shared = None, 0
+        for r, (shared, members) in enumerate(rows):
+            common = min(shared, _common_prefix(prompts[members[0]][:shared], p))
+            if 2 * common < len(p) or common <= best_shared:
+                continue
+            length = common + sum(sizes[m] - common for m in [*members, i])
+            if length <= limit:
+                best, best_shared = r, common
+        if best is None:
+            rows.append((len(p), [i]))
+        else:
+            rows[best] = (best_shared, [*rows[best][1], i])
+    return rows
+
+
+def pack(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[Sequence[int]]], pad_id: int,
+         share_prefixes: bool = False) -> PackedBatch:
+    """Pack each prompt once with its completions (and, with ``share_prefixes``, prompts that share
+    a prefix in one row, the prefix once); see :class:`PackedBatch`."""
     if len(prompts) != len(completions):
         raise ValueError(f"pack: {len(prompts)} prompts but {len(completions)} completion groups")
     K = len(completions[0])
@@ -248,44 +294,63 @@ def pack(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[Sequen
     if any(len(p) == 0 for p in prompts):
         raise ValueError("pack: a prompt is empty; the first completion token needs a prompt token before it")
     B = len(prompts)
-    L = max(len(p) + sum(len(c) for c in cs) for p, cs in zip(prompts, completions))
+    sizes = [len(p) + sum(len(c) for c in cs) for p, cs in zip(prompts, completions)]
+    layout = _share_rows(prompts, sizes) if share_prefixes else [(len(p), [b]) for b, p in enumerate(prompts)]
+    R = len(layout)
+    L = max(shared + sum(sizes[m] - shared for m in members) for shared, members in layout)
     Lc = max(1, max(len(c) for cs in completions for c in cs))
-    input_ids = torch.full((B, L), pad_id, dtype=torch.long)
-    position_ids = torch.zeros((B, L), dtype=torch.long)
-    segment = torch.full((B, L), -1, dtype=torch.long)  # 0 prompt, k+1 completion k, -1 padding
+    input_ids = torch.full((R, L), pad_id, dtype=torch.long)
+    position_ids = torch.zeros((R, L), dtype=torch.long)
+    # segments: 0 the shared prefix, then per member its prompt's rest and each completion; a token
+    # sees its own segment (causally), the prefix, and its parent segment (a completion's prompt)
+    segment = torch.full((R, L), -1, dtype=torch.long)
+    parent = torch.full((R, L), -2, dtype=torch.long)
+    row_of = torch.zeros(B, dtype=torch.long)
     predict_at = torch.zeros((B, K, Lc), dtype=torch.long)
     targets = torch.zeros((B, K, Lc), dtype=torch.long)
     completion_mask = torch.zeros((B, K, Lc), dtype=torch.long)
-    for b, (p, cs) in enumerate(zip(prompts, completions)):
-        P = len(p)
-        input_ids[b, :P] = torch.tensor(p)
-        position_ids[b, :P] = torch.arange(P)
-        segment[b, :P] = 0
-        start = P
-        for k, c in enumerate(cs):
-            n = len(c)
-            if n == 0:
-                continue
-            input_ids[b, start : start + n] = torch.tensor(c)
-            position_ids[b, start : start + n] = torch.arange(P, P + n)
-            segment[b, start : start + n] = k + 1
-            # token j of the completion is predicted by the logits at the previous token of the
-            # same sequence: the prompt's last token for j = 0, the completion's own j-1 after.
-            predict_at[b, k, 0] = P - 1
-            predict_at[b, k, 1:n] = torch.arange(start, start + n - 1)
-            targets[b, k, :n] = torch.tensor(c)
-            completion_mask[b, k, :n] = 1
-            start += n
-    if K == 1:
+    for r, (shared, members) in enumerate(layout):
+        input_ids[r, :shared] = torch.tensor(prompts[members[0]][:shared])
+        position_ids[r, :shared] = torch.arange(shared)
+        segment[r, :shared] = 0
+        start = shared
+        for j, b in enumerate(members):
+            row_of[b] = r
+            p, P = prompts[b], len(prompts[b])
+            own = 1 + j * (K + 1)  # this member's prompt segment; its completions follow
+            input_ids[r, start : start + P - shared] = torch.tensor(p[shared:], dtype=torch.long)
+            position_ids[r, start : start + P - shared] = torch.arange(shared, P)
+            segment[r, start : start + P - shared] = own
+            parent[r, start : start + P - shared] = 0
+            start += P - shared
+            last = start - 1 if P > shared else shared - 1  # where the prompt's last token sits
+            for k, c in enumerate(completions[b]):
+                n = len(c)
+                if n == 0:
+                    continue
+                input_ids[r, start : start + n] = torch.tensor(c)
+                position_ids[r, start : start + n] = torch.arange(P, P + n)
+                segment[r, start : start + n] = own + 1 + k
+                parent[r, start : start + n] = own
+                # token j of the completion is predicted by the logits at the previous token of the
+                # same sequence: the prompt's last token for j = 0, the completion's own j-1 after.
+                predict_at[b, k, 0] = last
+                predict_at[b, k, 1:n] = torch.arange(start, start + n - 1)
+                targets[b, k, :n] = torch.tensor(c)
+                completion_mask[b, k, :n] = 1
+                start += n
+    if K == 1 and R == B:
         attention_mask = (segment >= 0).long()
     else:
         causal = torch.ones((L, L), dtype=torch.bool).tril()
         same = segment[:, :, None] == segment[:, None, :]
-        prompt_kv = (segment == 0)[:, None, :]
-        # padding queries see earlier padding and the prompt (never an empty row, which gives NaN)
-        attention_mask = (causal & (same | prompt_kv))[:, None]
+        prefix_kv = (segment == 0)[:, None, :]
+        from_parent = parent[:, :, None] == segment[:, None, :]
+        # padding queries see earlier padding and the prefix (never an empty row, which gives NaN)
+        attention_mask = (causal & (same | prefix_kv | from_parent))[:, None]
     row_lengths = (segment >= 0).sum(-1)
-    return PackedBatch(input_ids, attention_mask, position_ids, predict_at, targets, completion_mask, row_lengths)
+    return PackedBatch(input_ids, attention_mask, position_ids, predict_at, targets, completion_mask, row_lengths,
+                       row_of)
 
 
 def _decoder_and_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -303,7 +368,7 @@ def completion_logps(model: torch.nn.Module, batch: PackedBatch, temperature: fl
         mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
     B, K, Lc = batch.targets.shape
     real = batch.completion_mask.bool()
-    rows = torch.arange(B, device=batch.input_ids.device)[:, None, None].expand(B, K, Lc)[real]
+    rows = batch.row_of[:, None, None].expand(B, K, Lc)[real]
     if is_sharded(model):
         # FSDP: enter through the root, whose unit gathers the embeddings and head; the LM head
         # runs at the positions some row predicts a completion token from (``logits_to_keep``)

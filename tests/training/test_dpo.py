@@ -61,6 +61,44 @@ def test_prefix_shared_logps_equal_unshared(tiny_model):
         assert torch.allclose(shared[1, 1, :2], want, atol=1e-4)
 
 
+
+
+def test_prompts_sharing_a_prefix_share_a_row_and_score_the_same(tiny_model):
+    """Two debaters of one round share the story: one row holds it once, and every completion's
+    log-probs (and gradients) are those of its own prompt packed alone."""
+    model, tok = build_policy(tiny_model, LORA)
+    _randomise_lora(model)
+    g = torch.Generator().manual_seed(0)
+    rand = lambda n: torch.randint(5, 1000, (n,), generator=g).tolist()  # noqa: E731
+    story, other = rand(30), rand(25)
+    prompts = [story + rand(6), rand(20), story + rand(9), story[:29], other + rand(3), other + rand(4)]
+    groups = [[rand(n), rand(m)] for n, m in ((5, 3), (4, 7), (2, 6), (3, 1), (6, 2), (1, 4))]
+    shared = pack(prompts, groups, tok.pad_token_id, share_prefixes=True)
+    alone = pack(prompts, groups, tok.pad_token_id)
+    # the story's three prompts in one row, the unrelated one alone, the other two together
+    assert shared.row_of.tolist() == [0, 1, 0, 0, 2, 2]
+    assert shared.num_tokens == alone.num_tokens - 2 * 29 - 25
+    model.eval()
+    with torch.no_grad():
+        want = completion_logps(model, alone)
+        assert torch.allclose(completion_logps(model, shared), want, atol=1e-4)
+        # a subset of examples keeps its rows (renumbered) and its values
+        sub = shared.rows([5, 3])
+        assert sub.row_of.tolist() == [1, 0] and sub.input_ids.shape[0] == 2
+        assert torch.allclose(completion_logps(model, sub), want[[5, 3]], atol=1e-4)
+    grads = []
+    for batch in (shared, alone):
+        model.zero_grad()
+        completion_logps(model, batch).sum().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    assert torch.allclose(grads[0], grads[1], atol=1e-4, rtol=1e-3)
+    # a row never grows past twice the longest example (padding and attention stay bounded) ...
+    capped = pack([story + rand(2) for _ in range(3)], [[rand(40)] for _ in range(3)], tok.pad_token_id,
+                  share_prefixes=True)
+    assert capped.row_of.tolist() == [0, 0, 1]
+    # ... and prompts share a row only when at least half of each is the shared prefix
+    apart = pack([story[:4] + rand(5), story[:4] + rand(5)], [[rand(2)]] * 2, tok.pad_token_id, share_prefixes=True)
+    assert apart.row_of.tolist() == [0, 1]
 def test_reference_is_policy_with_adapters_off(tiny_model, pairs_file):
     module = DPOModule(PolicyConfig(tiny_model, LORA))
     _randomise_lora(module.policy)

@@ -185,3 +185,17 @@ def test_any_generator_can_judge(tiny_model, tmp_path):
     assert dm.last_rollout is not None and dm.last_rollout.results[0].judge == "judge"
     assert len(dm.last_examples) == 4  # random scores never tie: one pair per speech
     assert dm.state_dict() == {"seed": 0, "epoch": 1}
+
+
+def test_an_epoch_is_shuffled_with_each_rounds_examples_together():
+    import random
+
+    from debate_lightning.training.online.datamodule import shuffle_rounds
+
+    examples = [{"round": r, "i": i} for i in range(3) for r in range(5)]  # the rollout's order: interleaved
+    orders = [shuffle_rounds(list(examples), random.Random(seed)) for seed in range(4)]
+    for order in orders:
+        assert sorted(e["i"] + 10 * e["round"] for e in order) == sorted(e["i"] + 10 * e["round"] for e in examples)
+        rounds = [e["round"] for e in order]
+        assert all(rounds[k:k + 3] == [rounds[k]] * 3 for k in range(0, 15, 3)), rounds  # contiguous rounds
+    assert len({tuple((e["round"], e["i"]) for e in o) for o in orders}) == 4  # and shuffled, by the seed

@@ -58,6 +58,22 @@ from debate_lightning.training.reference import initial_model_generator
 ROLLOUTS_DIR = "rollouts"  # under the trainer's log_dir
 
 
+def shuffle_rounds(examples: list[dict[str, Any]], rng: random.Random) -> list[dict[str, Any]]:
+    """The examples in a random order that keeps each round's (``example["round"]``) together.
+
+    A round's debaters share its story, and a batch packs a shared prefix once
+    (``pack(share_prefixes=True)``): kept together, a round's examples mostly land in one batch.
+    """
+    rounds: dict[Any, list[dict[str, Any]]] = {}
+    for e in examples:
+        rounds.setdefault(e.get("round"), []).append(e)
+    order = list(rounds.values())
+    rng.shuffle(order)
+    for members in order:
+        rng.shuffle(members)
+    return [e for members in order for e in members]
+
+
 class _EpochStream(IterableDataset):
     """Plays the epoch's rollout when iterated (once per epoch) and yields its examples shuffled."""
 
@@ -194,7 +210,7 @@ class DebateRolloutDataModule(pl.LightningDataModule):
         return rollout
 
     def next_examples(self) -> list[dict[str, Any]]:
-        """Play this epoch's rollout and return the module's examples, shuffled."""
+        """Play this epoch's rollout and return the module's examples, shuffled by round."""
         trainer = self.trainer
         if trainer is None:
             raise RuntimeError("DebateRolloutDataModule needs a Trainer: it plays with trainer.lightning_module")
@@ -212,7 +228,8 @@ class DebateRolloutDataModule(pl.LightningDataModule):
         epoch = trainer.fit_loop.epoch_progress.current.processed
         rollout = self.play(module, epoch, rank, world)
         examples = module.rollout_examples(rollout)
-        random.Random(stable_id("shuffle", self.seed, epoch, *([rank] if world > 1 else []))).shuffle(examples)
+        examples = shuffle_rounds(examples, random.Random(stable_id("shuffle", self.seed, epoch,
+                                                                   *([rank] if world > 1 else []))))
         self.last_rollout, self.last_examples, self.epoch = rollout, examples, epoch + 1
         if self.save_rollouts:
             self._save(rollout, rank)

@@ -114,11 +114,12 @@ class GRPOModule(OnlineObjectiveModule):
 
     def training_step(self, batch: list[dict[str, Any]], batch_idx: int) -> None:
         h = self.hparams
-        # one row per group: the prompt once, then every member (shorter groups padded with empty
-        # completions, left out of the loss)
+        # the prompt once, then every member (shorter groups padded with empty completions, left out
+        # of the loss); the groups of one round's debaters share a row, their story once
         K = max(len(e["completions"]) for e in batch)
         packed = pack([e["prompt_ids"] for e in batch], [e["completions"] + [[]] * (K - len(e["completions"]))
-                                                         for e in batch], self.tokenizer.pad_token_id).to(self.device)
+                                                         for e in batch], self.tokenizer.pad_token_id,
+                      share_prefixes=True).to(self.device)
         real = torch.tensor([k < len(e["completions"]) for e in batch for k in range(K)], device=self.device)
         mask = packed.completion_mask.flatten(0, 1)[real]  # [N, Lc], N = real members
         advantages = torch.tensor([a for e in batch for a in e["advantages"]], device=self.device)

@@ -6,7 +6,8 @@ speech into a (best, worst) pair (``records.preference_pairs``) and ``training_s
 same DPO objective as offline DPO (``dpo.dpo_objective``). The reference policy is the same
 model with its LoRA adapters off (``reference: copy`` keeps a frozen copy for a full fine-tune).
 Prompt and both completions are packed in one row, so the long debate prompt is computed once
-per pair (``policy.pack``).
+per pair, and the pairs of one round's debaters share a row, so its story is computed once
+(``policy.pack`` with ``share_prefixes``).
 
 Logged with TRL's names: ``loss``, ``rewards/chosen``, ``rewards/rejected``, ``rewards/margins``,
 ``rewards/accuracies``, ``logps/chosen``, ``logps/rejected``, ``beta``, and per epoch the
@@ -80,7 +81,7 @@ class OnlineDPOModule(OnlineObjectiveModule):
 
     def training_step(self, batch: list[dict[str, Any]], batch_idx: int) -> torch.Tensor:
         packed = pack([e["prompt_ids"] for e in batch], [[e["chosen_ids"], e["rejected_ids"]] for e in batch],
-                      self.tokenizer.pad_token_id).to(self.device)
+                      self.tokenizer.pad_token_id, share_prefixes=True).to(self.device)
         preference = torch.tensor([e["preference"] for e in batch], device=self.device)
         out = dpo_objective(self.policy, self.reference, packed, self.beta, self.loss_type, self.label_smoothing,
                             self.sft_weight, preference)

@@ -152,6 +152,7 @@ def preference_pairs(
             "chosen_score": best_score,
             "rejected_score": worst_score,
             "speech_number": s.speech_number,
+            "round": s.round_index,
         })
     return pairs
 
@@ -181,7 +182,7 @@ def trajectories(
         sign = 1.0 if rollout.is_correct_side(s.round_index, s.side) else -1.0
         out.append({"prompt_ids": s.prompt_ids, "response_ids": cand.response_ids, "score": p,
                     "reward": p + correctness_weight * sign, "finished": cand.finished,
-                    "speech_number": s.speech_number})
+                    "speech_number": s.speech_number, "round": s.round_index})
     b = {"none": 0.0, "constant": baseline_value}.get(baseline)
     if b is None:
         b = _mean([t["score"] for t in out]) if out else 0.0
@@ -225,7 +226,8 @@ def candidate_groups(
         c = s.candidates[k]
         if i not in out:
             out[i] = {"prompt_ids": s.prompt_ids, "completions": [], "rewards": [], "scores": [], "advantages": [],
-                      "finished": [], "side": s.side, "speech_number": s.speech_number}
+                      "finished": [], "side": s.side, "speech_number": s.speech_number,
+                      "round": s.round_index}
         ex = out[i]
         ex["completions"].append(c.response_ids)
         ex["rewards"].append(reward)
