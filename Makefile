@@ -56,6 +56,7 @@ $(TRL_STAMP): $(STAMP) scripts/install_trl.sh scripts/install_torch.sh
 bench: setup $(TRL_STAMP)
 	$(PY) benchmarks/rollout.py
 	$(PY) benchmarks/dpo_vs_trl.py --trl-python $(TRL_VENV)/bin/python
+	$(PY) benchmarks/online_vs_trl.py --trl-python $(TRL_VENV)/bin/python
 	$(PY) benchmarks/linear.py
 
 clean:

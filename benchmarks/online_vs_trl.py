@@ -32,17 +32,26 @@ A and 1 - P(A) for side B). TRL's worker imports them from this checkout (``PYTH
 non-torch dependency, ``rapidfuzz``, is linked from the package venv into a temporary directory),
 and its reward function scores the judge chats the way a TRL user would: one batched,
 left-padded transformers forward of the policy with ``disable_adapter()``, last logit only
-(``logits_to_keep=1``). Ours scores them with its ``hf`` backend (``judge_from_policy``).
+(``logits_to_keep=1``). Ours scores them with its ``hf`` backend (``judge_from_policy``), and,
+as every online step of ours does for its ``rollout/judge_accuracy``, also judges each finished
+round (4 more chats per step, in its judging time).
+
+**How each side computes is its own.** TRL runs its trainers as a user would. Ours plays the step
+with ``DebateRolloutDataModule`` (one batched generate call per turn, the story's KV prefilled once
+for both sides) and trains on packed rows: each prompt once with all its speeches, and a round's
+two debaters in one row, the story once (``pack(share_prefixes=True)``).
 
 **What is measured.** Each of the four runs (ours and TRL, GRPO and online DPO) is its own
-process: one warm-up step, then the timed steps (default 2). Seconds per step is the wall time
+process: one warm-up step, then the timed steps (default 1). Seconds per step is the wall time
 between consecutive optimizer-step ends, so it holds everything an online step does (generation,
 judging, training, the trainer's own bookkeeping). Tokens/s counts, per step, each sampled
 sequence's prompt tokens (the chat template's, by the package's tokenisation) plus its sampled
 tokens: with the same prompts and fixed-length speeches the numerator is the same on both sides,
 so the ratio is the ratio of step times. Peak RSS is each worker's ``ru_maxrss``. Each run also
 reports where its time goes: generation (the policy's generate calls), judging (the reward /
-judge calls), and the rest (training and overhead).
+judge calls), and the rest (training and overhead). The whole run takes ~10 min on an idle 2-core
+CPU; TRL's GRPO worker peaks at ~19 GB RSS (16 sequences in one forward and backward), so it needs
+~20 GB of free memory.
 
 TRL is not a dependency of this package: it runs in the peer venv ``.venv-trl/`` that ``make
 bench`` builds once (``scripts/install_trl.sh``: TRL 1.16 with the package venv's torch,
@@ -86,6 +95,7 @@ class Phases:
     """Seconds spent in named phases, and a snapshot per optimizer step."""
 
     def __init__(self):
+        self.start = time.perf_counter()  # the worker's start: the warm-up figure includes loading
         self.total = {"generate": 0.0, "judge": 0.0}
         self.tokens = 0
         self.ends: list[float] = []
@@ -112,7 +122,7 @@ class Phases:
             now = self.per_step[i]
             steps.append({"seconds": self.ends[i] - self.ends[i - 1], "generate": now["generate"] - before["generate"],
                           "judge": now["judge"] - before["judge"], "tokens": now["tokens"] - before["tokens"]})
-        return {"steps": steps, "warmup_seconds": self.ends[warmup - 1] - self.start, "peak_rss_mb": peak_rss_mb()}
+        return {"steps": steps, "startup_seconds": self.ends[warmup - 1] - self.start, "peak_rss_mb": peak_rss_mb()}
 
 
 # -- workers (each runs in its own process) -----------------------------------------------------
@@ -172,9 +182,6 @@ def worker_ours(args: argparse.Namespace) -> dict:
         save_rollouts=False)
 
     class Timer(L.Callback):
-        def on_train_start(self, trainer, module):
-            phases.start = time.perf_counter()
-
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
             phases.step_end()
 
@@ -251,9 +258,6 @@ def worker_trl(args: argparse.Namespace) -> dict:
     dataset = Dataset.from_list([{"prompt": p["chat"], "key": i} for i, p in enumerate(plan)])
 
     class Timer(TrainerCallback):
-        def on_train_begin(self, *a, **k):
-            phases.start = time.perf_counter()
-
         def on_step_end(self, *a, **k):
             phases.step_end()
 
@@ -347,8 +351,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trl-python", default=str(TRL_PYTHON) if TRL_PYTHON.exists() else sys.executable,
                         help="a python with trl installed (default: .venv-trl/bin/python, built by `make bench`)")
-    parser.add_argument("--steps", type=int, default=2, help="timed steps after the warm-up")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
+    parser.add_argument("--steps", type=int, default=1, help="timed steps after the warm-up")
+    parser.add_argument("--warmup", type=int, default=1,
+                        help="untimed steps first (at least 1: ours plays its first rollout before training starts)")
     parser.add_argument("--max-new-tokens", type=int, default=32, help="tokens per speech (fixed length)")
     parser.add_argument("--algos", nargs="+", choices=["grpo", "online_dpo"], default=["grpo", "online_dpo"])
     parser.add_argument("--worker", choices=["ours", "trl"], help=argparse.SUPPRESS)
@@ -358,6 +363,8 @@ def main() -> None:
     parser.add_argument("--out", help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.warmup < 1 or args.steps < 1:
+        parser.error("--warmup and --steps must be at least 1")
     if args.worker:
         result = worker_ours(args) if args.worker == "ours" else worker_trl(args)
         Path(args.out).write_text(json.dumps(result))
@@ -395,7 +402,7 @@ def main() -> None:
                 gen, judge = sum(s["generate"] for s in steps) / n, sum(s["judge"] for s in steps) / n
                 print(f"{algo:>10} {name:>4}: {rates[name]:8.1f} tokens/s   {seconds / n:7.2f} s/step   peak RSS "
                       f"{r['peak_rss_mb']:7.0f} MB   (per step: generate {gen:.1f} s, judge {judge:.1f} s, "
-                      f"train+rest {seconds / n - gen - judge:.1f} s; warm-up {r['warmup_seconds']:.1f} s)", flush=True)
+                      f"train+rest {seconds / n - gen - judge:.1f} s; start-up + warm-up {r['startup_seconds']:.1f} s)", flush=True)
             ratios[algo] = rates["ours"] / rates["trl"]
     for algo, ratio in ratios.items():
         print(f"{algo} ratio: {ratio:.2f}")
