@@ -26,7 +26,7 @@ from debate_lightning.models.base import Chat, Generation, LocalGenerator, Sampl
 from debate_lightning.models.embedded import EMBEDDED
 from debate_lightning.models.kv import (KV, PrefixCache, cache_kwarg, cache_of, common_prefix, kv_of, left_pad,
                                         length_groups, merge_prefills, positions_from_mask, prefixed_batch,
-                                        shared_groups)
+                                        shared_groups, shared_starts)
 from debate_lightning.models.loading import auto_dtype, eval_mode, load_model_and_tokenizer, resolve_device
 from debate_lightning.models.spec import HFOptions, ModelSpec
 
@@ -264,7 +264,7 @@ class HFGenerator(LocalGenerator):
         for p, n in zip(prompts, prefix_lens):
             reused, kv = self.prefixes.longest(p, limit=len(p) - 1)  # the last token is prefilled: its logits start decoding
             if reused < n:
-                reused, kv = n, self._prefix_kv(tuple(p[:n]))
+                reused, kv = n, self._prefix_kv(tuple(p[:n]), reused, kv)
             else:
                 self.stats["prefix_hits"] += 1
                 kv = [(k[:, :, :reused], v[:, :, :reused]) for k, v in kv]
@@ -273,12 +273,22 @@ class HFGenerator(LocalGenerator):
             cut.append(reused)
         return kvs, cut
 
-    def _prefix_kv(self, prefix: tuple[int, ...]) -> KV:
-        """Per-layer (key, value) of one prefix at batch 1, computed and kept in the LRU."""
+    def _prefix_kv(self, prefix: tuple[int, ...], start: int = 0, start_kv: KV | None = None) -> KV:
+        """Per-layer (key, value) of one prefix at batch 1, computed and kept in the LRU; after the
+        cached KV ``start_kv`` of its first ``start`` tokens when given."""
         assert self.prefixes is not None
         self.stats["prefix_misses"] += 1
+        ids = torch.tensor([prefix], device=self.device)
+        kwargs: dict[str, Any] = {}
+        if start_kv is not None and start >= MIN_REUSED_TOKENS:
+            # an explicit mask over cache + new tokens: every attention (stock SDPA included) is causal after the cache
+            kwargs[cache_kwarg()] = cache_of([(k[:, :, :start], v[:, :, :start]) for k, v in start_kv])
+            kwargs["attention_mask"] = torch.ones_like(ids)
+            kwargs["position_ids"] = torch.arange(start, len(prefix), device=self.device)[None]
+            ids = ids[:, start:]
+            self.stats["reused_tokens"] += start
         with accel.last_position_only(self.model):
-            kv = kv_of(self.model(input_ids=torch.tensor([prefix], device=self.device), use_cache=True, logits_to_keep=1))
+            kv = kv_of(self.model(input_ids=ids, use_cache=True, logits_to_keep=1, **kwargs))
         self.prefixes.put(prefix, kv)
         return kv
 
@@ -325,21 +335,23 @@ class HFGenerator(LocalGenerator):
     def choice_logprobs(self, chats: Sequence[Chat], choices: Sequence[str]) -> list[list[float]]:
         """One forward pass per chat when every choice is a single token (the judge's A/B case).
 
-        Every judge chat starts with the same system message: in a chunk of several (padded) rows
-        its KV comes from the prefix cache. Chunks of one row run in token order, each after the KV
-        of the longest start it shares with the one before (the system message; with both orders
-        judged, also the question and answer A), where the engine's attention allows it.
+        Every judge chat starts with the same system message, and the chats of candidate speeches
+        for one turn share all but the speech: in a chunk of several (padded) rows each row's
+        longest such start comes from the prefix cache (computed once, at batch 1), and chunks are
+        formed by the tokens left to run. Chunks of one row run in token order, each after the KV
+        of the longest start it shares with the one before, where the engine's attention allows it.
         """
         choice_ids = [self.text_ids(c) for c in choices]
         if any(len(c) != 1 for c in choice_ids):
             return super().choice_logprobs(chats, choices)
         targets = [c[0] for c in choice_ids]
         prompts = [self.chat_ids(c) for c in chats]
-        prefix = [self.cacheable_prefix(c, p) for c, p in zip(chats, prompts)]
+        prefix = shared_starts(prompts, [self.cacheable_prefix(c, p) for c, p in zip(chats, prompts)],
+                               MIN_REUSED_TOKENS)
         out: list[list[float]] = [[] for _ in prompts]
         singles = []
         with self._session():
-            for chunk in self._chunks([len(p) for p in prompts], self.options.score_token_budget):
+            for chunk in self._chunks([len(p) - n for p, n in zip(prompts, prefix)], self.options.score_token_budget):
                 if len(chunk) == 1:
                     singles.append(chunk[0])
                     continue

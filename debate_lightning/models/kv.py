@@ -140,6 +140,22 @@ def common_prefix(a: Sequence[int] | np.ndarray, b: Sequence[int] | np.ndarray, 
     return int(differ[0]) if differ.size else n
 
 
+def shared_starts(prompts: Sequence[Sequence[int]], floor: Sequence[int], min_gain: int) -> list[int]:
+    """Per prompt, the longest start it shares with another prompt (at most its length - 1) where
+    that is at least ``min_gain`` tokens past ``floor[i]`` (its cacheable system message), else
+    ``floor[i]``. Candidate speeches judged for the same turn share all but the speech."""
+    order = sorted(range(len(prompts)), key=lambda i: list(prompts[i]))
+    best = [0] * len(prompts)
+    for a, b in zip(order, order[1:]):  # in sorted order, the longest shared start is with a neighbour
+        n = common_prefix(prompts[a], prompts[b])
+        best[a], best[b] = max(best[a], n), max(best[b], n)
+    out = []
+    for p, n, f in zip(prompts, best, floor):
+        n = min(n, len(p) - 1)
+        out.append(n if f > 0 and n >= f + min_gain else f)
+    return out
+
+
 def shared_groups(prompts: Sequence[Sequence[int]], prefix_lens: Sequence[int] | None) -> list[tuple[list[int], int]] | None:
     """Rows grouped by their shareable prefix (``prefix_lens[i]`` tokens: the system message)."""
     if not prefix_lens or min(prefix_lens) <= 0:

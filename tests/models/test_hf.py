@@ -181,11 +181,38 @@ def test_judge_scoring_with_cached_system_prompt_equals_uncached(tiny_model_dir)
     chats = [[system, {"role": "user", "content": f"Question {i}: which? " * (1 + 3 * i)}] for i in range(5)]
     a, b = cached.choice_logprobs(chats, ["A", "B"]), plain.choice_logprobs(chats, ["A", "B"])
     torch.testing.assert_close(torch.tensor(a), torch.tensor(b), atol=1e-4, rtol=0)
-    chunks = cached._chunks([len(cached.chat_ids(c)) for c in chats], cached.options.score_token_budget)
+    left = [len(ids) - cached.cacheable_prefix(c, ids) for c, ids in ((c, cached.chat_ids(c)) for c in chats)]
+    chunks = cached._chunks(left, cached.options.score_token_budget)  # chunked by the tokens left to run
     batched = sum(len(c) for c in chunks if len(c) > 1)
     assert 0 < batched < len(chats)  # the budget split them: chunks of several rows and of one
     # chunks of several rows used the one cached prefix; single rows ran whole (unmasked, causal)
     assert cached.stats["prefix_misses"] == 1 and cached.stats["prefix_hits"] == batched - 1
+
+
+def test_judging_candidates_reuses_the_start_they_share(tiny_model_dir):
+    """Chats judging candidate speeches for one turn share all but the speech: each such start
+    is computed once (after the cached start it shares with others) and the probabilities equal
+    judging every chat whole."""
+    from debate_lightning.models.kv import common_prefix
+
+    cached = HFGenerator(path=str(tiny_model_dir), dtype="float32", max_batch_size=8)
+    plain = HFGenerator(path=str(tiny_model_dir), dtype="float32", max_batch_size=8, prefix_cache=False)
+    system = {"role": "system", "content": "You judge debates about stories you cannot read. " * 2}
+    chats = []
+    for q in range(2):
+        for first, second in (("Mara", "Tom"), ("Tom", "Mara")):  # both orders
+            head = f"Question {q}: who carried the lamp down to the old harbour? A: {first} B: {second}. " * 2
+            for speech in ("Mara said so twice.", "Tom was seen at the quay.", "Ilse never left."):  # candidates
+                chats.append([system, {"role": "user", "content": head + f"Debater A: {speech}"}])
+    chats.append([system, {"role": "user", "content": "Unrelated: which? A or B."}])
+    a, b = cached.choice_logprobs(chats, ["A", "B"]), plain.choice_logprobs(chats, ["A", "B"])
+    torch.testing.assert_close(torch.tensor(a), torch.tensor(b), atol=1e-4, rtol=0)
+    assert cached.stats["prefix_misses"] == 4  # one start per (question, order)
+    prompts = [cached.chat_ids(c) for c in chats]
+    system_len = cached.cacheable_prefix(chats[0], prompts[0])
+    starts = [max(common_prefix(p, o) for o in prompts if o is not p) for p in prompts]
+    assert min(starts[:-1]) > system_len + 16
+    assert cached.stats["reused_tokens"] >= sum(starts[:-1]) + system_len
 
 
 def test_live_model_prefix_cache_does_not_outlive_a_call(tiny_generator):
