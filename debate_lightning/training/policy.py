@@ -229,12 +229,16 @@ class PackedBatch:
         return PackedBatch(**{k: v.to(device) for k, v in self.__dict__.items()})
 
     def rows(self, index: torch.Tensor | Sequence[int]) -> PackedBatch:
-        """The examples ``index`` (in that order) as a batch of their own, with the rows they use."""
-        index = torch.as_tensor(index, dtype=torch.long, device=self.input_ids.device)
-        used = torch.unique(self.row_of.index_select(0, index))  # sorted
+        """The examples ``index`` (in that order) as a batch of their own, with the rows they use in
+        the order they first use them (unshared rows: row i is example ``index[i]``)."""
+        device = self.input_ids.device
+        index = torch.as_tensor(index, dtype=torch.long, device=device)
+        rows = self.row_of.index_select(0, index).tolist()
+        used = list(dict.fromkeys(rows))
         physical = ("input_ids", "attention_mask", "position_ids", "row_lengths")
-        parts = {k: v.index_select(0, used if k in physical else index) for k, v in self.__dict__.items()}
-        parts["row_of"] = torch.searchsorted(used, parts["row_of"])
+        used_t = torch.tensor(used, dtype=torch.long, device=device)
+        parts = {k: v.index_select(0, used_t if k in physical else index) for k, v in self.__dict__.items()}
+        parts["row_of"] = torch.tensor([used.index(r) for r in rows], dtype=torch.long, device=device)
         return PackedBatch(**parts)
 
     @property

@@ -84,8 +84,12 @@ def test_prompts_sharing_a_prefix_share_a_row_and_score_the_same(tiny_model):
         assert torch.allclose(completion_logps(model, shared), want, atol=1e-4)
         # a subset of examples keeps its rows (renumbered) and its values
         sub = shared.rows([5, 3])
-        assert sub.row_of.tolist() == [1, 0] and sub.input_ids.shape[0] == 2
+        assert sub.row_of.tolist() == [0, 1] and sub.input_ids.shape[0] == 2
         assert torch.allclose(completion_logps(model, sub), want[[5, 3]], atol=1e-4)
+        # unshared rows stay one per example, in the order asked (PPO's minibatches index rows so)
+        perm = alone.rows([4, 0, 2])
+        assert perm.row_of.tolist() == [0, 1, 2]
+        assert torch.equal(perm.input_ids, alone.input_ids[[4, 0, 2]])
     grads = []
     for batch in (shared, alone):
         model.zero_grad()
