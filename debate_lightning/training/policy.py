@@ -56,6 +56,7 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 
 from debate_lightning import accel
 from debate_lightning.models.chat import chat_ids, text_ids
+from debate_lightning.models.kv import common_prefix
 from debate_lightning.models.loading import load_model_and_tokenizer
 from debate_lightning.training.sharding import (full_state, full_tensor, grad_norm, is_sharded, shard_model,
                                                 shard_trainable_rest)
@@ -234,11 +235,11 @@ class PackedBatch:
         device = self.input_ids.device
         index = torch.as_tensor(index, dtype=torch.long, device=device)
         rows = self.row_of.index_select(0, index).tolist()
-        used = list(dict.fromkeys(rows))
+        renumber = {r: j for j, r in enumerate(dict.fromkeys(rows))}  # old row -> new, in first use
         physical = ("input_ids", "attention_mask", "position_ids", "row_lengths")
-        used_t = torch.tensor(used, dtype=torch.long, device=device)
-        parts = {k: v.index_select(0, used_t if k in physical else index) for k, v in self.__dict__.items()}
-        parts["row_of"] = torch.tensor([used.index(r) for r in rows], dtype=torch.long, device=device)
+        used = torch.tensor(list(renumber), dtype=torch.long, device=device)
+        parts = {k: v.index_select(0, used if k in physical else index) for k, v in self.__dict__.items()}
+        parts["row_of"] = torch.tensor([renumber[r] for r in rows], dtype=torch.long, device=device)
         return PackedBatch(**parts)
 
     @property
@@ -250,15 +251,6 @@ class PackedBatch:
     def num_tokens(self) -> int:
         """Real (non-padding) tokens in the packed rows."""
         return int(self.row_lengths.sum())
-
-
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 def _share_rows(prompts: Sequence[Sequence[int]], sizes: Sequence[int]) -> list[tuple[int, list[int]]]:
@@ -273,7 +265,7 @@ def _share_rows(prompts: Sequence[Sequence[int]], sizes: Sequence[int]) -> list[
     for i, p in enumerate(prompts):
         best, best_shared = None, 0
         for r, (shared, members) in enumerate(rows):
-            common = min(shared, _common_prefix(prompts[members[0]][:shared], p))
+            common = common_prefix(prompts[members[0]], p, limit=shared)
             if 2 * common < len(p) or common <= best_shared:
                 continue
             length = common + sum(sizes[m] - common for m in [*members, i])
