@@ -64,6 +64,28 @@ def test_first_pass_is_on_policy(tiny_model):
     assert not torch.allclose(plain[real], logp[real])
 
 
+def test_responses_read_off_their_own_row(tiny_model):
+    """Each example's log-probs, values and entropies come from its own row: a minibatch taken in
+    shuffled order, and prompts sharing a row (``share_prefixes``), give each example's own."""
+    module = PPOModule(PolicyConfig(tiny_model, LoraSpec(r=4, alpha=8)))
+    torch.nn.init.normal_(module.value_head.weight, std=0.1)
+    module.policy.eval()
+    pad = module.tokenizer.pad_token_id
+    story = list(range(10, 40))
+    prompts, responses = [story + [5, 6], list(range(60, 75)), story + [7]], [[[81, 82, 83]], [[84]], [[85, 86]]]
+    alone = pack(prompts, responses, pad)
+    with torch.no_grad():
+        want = response_forward(module.policy, alone, module.value_head)
+        shared = pack(prompts, responses, pad, share_prefixes=True)
+        assert shared.input_ids.shape[0] == 2
+        real = alone.completion_mask[:, 0].bool()
+        for a, b in zip(response_forward(module.policy, shared, module.value_head), want):
+            assert torch.allclose(a[real], b[real], atol=1e-4)
+        order = [2, 0, 1]
+        for a, b in zip(response_forward(module.policy, alone.rows(order), module.value_head), want):
+            assert torch.allclose(a[real[order]], b[order][real[order]], atol=1e-4)
+
+
 def test_bad_options():
     with pytest.raises(ValueError, match="kl_estimator"):
         PPOModule(kl_estimator="k4")

@@ -38,7 +38,7 @@ from debate_lightning.training.sharding import is_sharded
 def response_forward(
     model: torch.nn.Module, batch: PackedBatch, value_head: torch.nn.Module | None = None, temperature: float = 1.0
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-    """Token log-probs, values and entropies of one response per row, each [B, T].
+    """Token log-probs, values and entropies of each example's one response, each [B, T].
 
     ``batch`` holds one completion per prompt (``pack`` with K = 1). The value of token t is
     read off the hidden state that predicts it, i.e. the state before the token is emitted.
@@ -46,21 +46,20 @@ def response_forward(
     and KL refer to the distribution the rollout sampled from.
     """
     at = batch.predict_at[:, 0]  # [B, T]
+    rows = batch.row_of[:, None]  # example b's positions are in row row_of[b]
     if is_sharded(model):
         # FSDP: enter through the root (its unit gathers embeddings, norm and head); the LM head
         # runs at the positions some row predicts a response token from
         keep = torch.unique(at)
         out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
                     use_cache=False, output_hidden_states=True, logits_to_keep=keep)
-        hidden = out.hidden_states[-1]
-        h = hidden.gather(1, at[..., None].expand(*at.shape, hidden.shape[-1]))  # [B, T, H]
-        rows = torch.arange(at.shape[0], device=at.device)[:, None]
+        h = out.hidden_states[-1][rows, at]  # [B, T, H]
         logits = out.logits[rows, torch.searchsorted(keep, at)].float() / temperature
     else:
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         hidden = base.get_decoder()(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                                     position_ids=batch.position_ids, use_cache=False).last_hidden_state
-        h = hidden.gather(1, at[..., None].expand(*at.shape, hidden.shape[-1]))  # [B, T, H]
+        h = hidden[rows, at]  # [B, T, H]
         logits = base.get_output_embeddings()(h).float() / temperature
     logp_all = logits.log_softmax(-1)
     logp = logp_all.gather(-1, batch.targets[:, 0][..., None]).squeeze(-1)
